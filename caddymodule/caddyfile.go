@@ -1,0 +1,86 @@
+package caddymodule
+
+import (
+	"strconv"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/dustin/go-humanize"
+)
+
+func init() {
+	httpcaddyfile.RegisterHandlerDirective("session_ids", parseCaddyfile)
+	httpcaddyfile.RegisterDirectiveOrder("session_ids", httpcaddyfile.Before, "reverse_proxy")
+}
+
+func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+	handler := new(Handler)
+	err := handler.UnmarshalCaddyfile(h.Dispenser)
+	return handler, err
+}
+
+// UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
+//
+//	session_ids [<matcher>] {
+//		mode            mapping
+//		namespace       <name>
+//		duplicates      match|return|reject
+//		max_body_size   <size>
+//		max_buffer_size <size>
+//		cache_entries   <count>
+//		negative_ttl    <duration>
+//	}
+func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // the directive name
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	for d.NextBlock(0) {
+		option := d.Val()
+		if !d.NextArg() {
+			return d.ArgErr()
+		}
+		value := d.Val()
+		if d.NextArg() {
+			return d.Errf("%s takes one value", option)
+		}
+		switch option {
+		case "mode":
+			h.Mode = value
+		case "namespace":
+			h.Namespace = value
+		case "duplicates":
+			h.Duplicates = value
+		case "max_body_size", "max_buffer_size":
+			size, err := humanize.ParseBytes(value)
+			if err != nil {
+				return d.Errf("bad %s %q: %v", option, value, err)
+			}
+			if option == "max_body_size" {
+				h.MaxBodySize = int64(size)
+			} else {
+				h.MaxBufferSize = int64(size)
+			}
+		case "cache_entries":
+			n, err := strconv.ParseInt(value, 10, 64)
+			if err != nil || n <= 0 {
+				return d.Errf("bad cache_entries %q: want a positive count", value)
+			}
+			h.CacheEntries = n
+		case "negative_ttl":
+			ttl, err := caddy.ParseDuration(value)
+			if err != nil {
+				return d.Errf("bad negative_ttl %q: %v", value, err)
+			}
+			h.NegativeTTL = caddy.Duration(ttl)
+		default:
+			return d.Errf("unknown session_ids option %q", option)
+		}
+	}
+	return nil
+}
+
+// Interface guard
+var _ caddyfile.Unmarshaler = (*Handler)(nil)

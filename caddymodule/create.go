@@ -1,0 +1,323 @@
+package caddymodule
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+
+	"github.com/sessionid/caddy-sessionid/idmap"
+)
+
+// MetadataTag is the key under which a created session's metadata carries
+// the client id. It is how a create that crashed between the upstream's
+// answer and the mapping write is recognised and adopted on retry, and it
+// shows operators looking at the upstream directly which client id a session
+// belongs to.
+const MetadataTag = "clientSessionID"
+
+// ReplayHeader marks an answer that returns a session created earlier.
+const ReplayHeader = "Idempotent-Replayed"
+
+// createRequest is a POST /session that names its id.
+type createRequest struct {
+	id     string
+	body   map[string]json.RawMessage // the JSON body without "id"
+	fields idmap.Fields
+}
+
+// serveCreate handles POST /session. Without an id in the body it is an
+// ordinary create and passes through; with one, the session is made, found or
+// refused under that id.
+func (h *Handler) serveCreate(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	var raw []byte
+	if r.Body != nil && r.Body != http.NoBody {
+		var err error
+		if raw, err = readBody(r, h.MaxBodySize); err != nil {
+			h.writeBodyError(w, err)
+			return nil
+		}
+	}
+	req, ok := h.parseCreate(w, r, raw)
+	if !ok {
+		return nil
+	}
+	if req == nil {
+		return h.proxy(w, r, next, raw)
+	}
+	return h.create(w, r, next, req)
+}
+
+// parseCreate validates a create body. It returns nil without an id, and
+// answers 400 itself for a bad body or id, so the upstream never sees those.
+func (h *Handler) parseCreate(w http.ResponseWriter, r *http.Request, raw []byte) (*createRequest, bool) {
+	if len(raw) == 0 {
+		return nil, true
+	}
+	var body map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &body); err != nil || body == nil {
+		badRequest(w, "request body must be a JSON object", nil)
+		return nil, false
+	}
+	rawID, present := body["id"]
+	if !present {
+		return nil, true
+	}
+	var id string
+	if err := json.Unmarshal(rawID, &id); err != nil || string(rawID) == "null" {
+		badRequest(w, "invalid session id: must be a string", map[string]any{"field": "id", "rule": idmap.RuleType})
+		return nil, false
+	}
+	if err := idmap.Validate(id); err != nil {
+		var invalid *idmap.InvalidIDError
+		errors.As(err, &invalid)
+		badRequest(w, err.Error(), map[string]any{"field": "id", "rule": invalid.Rule})
+		return nil, false
+	}
+	if meta, ok := body["metadata"]; ok {
+		var m map[string]json.RawMessage
+		if json.Unmarshal(meta, &m) != nil || m == nil {
+			badRequest(w, "metadata must be a JSON object", map[string]any{"field": "metadata"})
+			return nil, false
+		}
+	}
+	delete(body, "id")
+	query := r.URL.Query()
+	location := map[string]string{"directory": query.Get("directory"), "workspace": query.Get("workspace")}
+	if location["directory"] == "" {
+		location["directory"] = r.Header.Get("X-Opencode-Directory")
+	}
+	return &createRequest{id: id, body: body, fields: idmap.NewFields(body, location)}, true
+}
+
+// create makes, finds or refuses the session of one client id, under the id's
+// lock so that it happens once however many creates of the id arrive at once.
+func (h *Handler) create(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, req *createRequest) error {
+	ctx := r.Context()
+	log := h.logger.With(zap.String("session_id", req.id))
+	unlock, err := h.index.Lock(ctx, req.id)
+	if err != nil {
+		log.Error("could not lock session id", zap.Error(err))
+		storageFailed(w, fmt.Sprintf("could not lock session id %s: %v", req.id, err))
+		return nil
+	}
+	defer unlock()
+
+	m, err := h.index.Store.Load(ctx, req.id)
+	switch {
+	case err == nil:
+		done, err := h.answerDuplicate(w, r, next, req, m)
+		if done || err != nil {
+			return err
+		}
+		// The mapped session is gone upstream: the id is free again.
+		log.Warn("mapped session no longer exists upstream; creating it again", zap.String("real_id", m.RealID))
+		if err := h.index.Remove(ctx, m); err != nil {
+			storageFailed(w, "could not remove a stale mapping: "+err.Error())
+			return nil
+		}
+	case !errors.Is(err, idmap.ErrNotFound):
+		log.Error("could not read mapping", zap.Error(err))
+		storageFailed(w, "session id mapping could not be read")
+		return nil
+	}
+
+	if taken, err := h.idTaken(w, r, next, req.id); taken || err != nil {
+		return err
+	}
+
+	// Rewrite client ids in the body (parentID) and query before they go up.
+	lookup := &lookupFunc{resolve: h.index.RealOf, ctx: ctx}
+	if q, changed := idmap.Replace([]byte(r.URL.RawQuery), lookup.lookup); changed {
+		r.URL.RawQuery = string(q)
+	}
+	upBody, err := h.upstreamCreateBody(req, lookup)
+	if err == nil && lookup.err != nil {
+		err = lookup.err
+	}
+	if err != nil {
+		storageFailed(w, err.Error())
+		return nil
+	}
+
+	pending, err := h.index.Store.LoadPending(ctx, req.id)
+	switch {
+	case err == nil:
+		adopted, err := h.adoptOrphan(w, r, next, req, pending)
+		if adopted || err != nil {
+			return err
+		}
+	case !errors.Is(err, idmap.ErrNotFound):
+		storageFailed(w, "pending create could not be read: "+err.Error())
+		return nil
+	}
+	if err := h.index.Store.SavePending(ctx, idmap.Pending{ClientID: req.id, Fields: req.fields, Query: r.URL.RawQuery, Started: time.Now().UTC()}); err != nil {
+		storageFailed(w, err.Error())
+		return nil
+	}
+
+	endCreate := h.index.BeginCreate()
+	answer, err := askUpstream(r, next, http.MethodPost, "/session", r.URL.RawQuery, upBody)
+	if err != nil {
+		endCreate()
+		// The create may or may not have happened: the pending record stays,
+		// and the next create of this id looks for the session before making one.
+		log.Warn("upstream create failed", zap.Error(err))
+		upstreamFailed(w, failureStatus(err), "upstream could not create the session: "+err.Error())
+		return nil
+	}
+	if !answer.ok() {
+		endCreate()
+		if answer.status < 500 { // refused: nothing was created
+			_ = h.index.Store.RemovePending(ctx, req.id)
+		}
+		h.relay(w, r, answer, false)
+		return nil
+	}
+	realID, err := sessionIDOf(answer.body.Bytes())
+	if err != nil {
+		endCreate()
+		log.Error("upstream create answered without a usable id", zap.Error(err))
+		upstreamFailed(w, http.StatusBadGateway, err.Error())
+		return nil
+	}
+	err = h.index.Save(ctx, idmap.Mapping{ClientID: req.id, RealID: realID, Fields: req.fields, Created: time.Now().UTC()})
+	endCreate()
+	if err != nil {
+		log.Error("session created upstream but its mapping could not be stored", zap.String("real_id", realID), zap.Error(err))
+		storageFailed(w, "the session was created but its id mapping could not be stored; retry the create to adopt it")
+		return nil
+	}
+	if err := h.index.Store.RemovePending(ctx, req.id); err != nil {
+		log.Warn("could not remove pending create record", zap.Error(err))
+	}
+	log.Info("session created", zap.String("real_id", realID))
+	h.relay(w, r, answer, false)
+	return nil
+}
+
+// answerDuplicate answers a create of an id that is mapped already, by the
+// duplicate policy. It returns false without answering when the mapped
+// session no longer exists upstream.
+func (h *Handler) answerDuplicate(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, req *createRequest, m idmap.Mapping) (bool, error) {
+	decision := h.duplicates.Decide(m.Fields, req.fields)
+	if !decision.Replay {
+		if len(decision.Differ) > 0 {
+			conflict(w, req.id, fmt.Sprintf("session %s exists with a different %s", req.id, strings.Join(decision.Differ, ", ")), decision.Differ)
+		} else {
+			conflict(w, req.id, fmt.Sprintf("session %s already exists", req.id), nil)
+		}
+		return true, nil
+	}
+	answer, err := askUpstream(r, next, http.MethodGet, "/session/"+m.RealID, "", nil)
+	if err != nil {
+		upstreamFailed(w, failureStatus(err), "upstream could not be asked for the existing session: "+err.Error())
+		return true, nil
+	}
+	if answer.status == http.StatusNotFound {
+		return false, nil
+	}
+	h.relay(w, r, answer, answer.ok())
+	return true, nil
+}
+
+// idTaken answers 409 when the client id is already a session of its own
+// upstream, or the real id of a mapped one: mapping it would make the id mean
+// two sessions.
+func (h *Handler) idTaken(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, id string) (bool, error) {
+	_, err := h.index.Store.ClientOf(r.Context(), id)
+	if err == nil {
+		conflict(w, id, fmt.Sprintf("session id %s is already used by another session", id), nil)
+		return true, nil
+	}
+	if !errors.Is(err, idmap.ErrNotFound) {
+		storageFailed(w, "session id mapping could not be read")
+		return true, nil
+	}
+	answer, err := askUpstream(r, next, http.MethodGet, "/session/"+url.PathEscape(id), "", nil)
+	if err != nil {
+		upstreamFailed(w, failureStatus(err), "upstream could not be asked whether the id is free: "+err.Error())
+		return true, nil
+	}
+	switch {
+	case answer.ok():
+		conflict(w, id, fmt.Sprintf("session id %s is already used by an upstream session", id), nil)
+		return true, nil
+	case answer.status != http.StatusNotFound:
+		h.relay(w, r, answer, false)
+		return true, nil
+	}
+	return false, nil
+}
+
+// upstreamCreateBody is the create body the upstream gets: the client's,
+// without id, with client ids rewritten, and with the client id tagged into
+// metadata.
+func (h *Handler) upstreamCreateBody(req *createRequest, lookup *lookupFunc) ([]byte, error) {
+	body := make(map[string]json.RawMessage, len(req.body)+1)
+	for k, v := range req.body {
+		body[k] = v
+	}
+	meta := map[string]json.RawMessage{}
+	if raw, ok := body["metadata"]; ok {
+		if err := json.Unmarshal(raw, &meta); err != nil {
+			return nil, err
+		}
+	}
+	tag, _ := json.Marshal(req.id)
+	meta[MetadataTag] = tag
+	rawMeta, err := json.Marshal(meta)
+	if err != nil {
+		return nil, err
+	}
+	body["metadata"] = rawMeta
+	out, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	out, _ = idmap.Replace(out, lookup.lookup)
+	return out, nil
+}
+
+// sessionIDOf reads the id of a session object and checks that the rewriter
+// can recognise it.
+func sessionIDOf(body []byte) (string, error) {
+	var session struct {
+		ID string `json:"id"`
+	}
+	if err := json.Unmarshal(body, &session); err != nil {
+		return "", fmt.Errorf("upstream session is not JSON: %w", err)
+	}
+	if !idmap.IsToken(session.ID) {
+		return "", fmt.Errorf("upstream session id %q cannot be mapped", session.ID)
+	}
+	return session.ID, nil
+}
+
+// relay answers the client with a response the handler fetched itself, its
+// ids rewritten like any proxied response.
+func (h *Handler) relay(w http.ResponseWriter, r *http.Request, answer *upstreamAnswer, replayed bool) {
+	lookup := &lookupFunc{resolve: h.index.ClientOf, ctx: r.Context()}
+	body, _ := idmap.Replace(answer.body.Bytes(), lookup.lookup)
+	if lookup.err != nil {
+		h.logger.Error("mapping lookup failed while rewriting a response", zap.Error(lookup.err))
+	}
+	header := w.Header()
+	for _, name := range []string{"Content-Type", "Vary", "Cache-Control"} {
+		if v := answer.header.Values(name); len(v) > 0 {
+			header[name] = v
+		}
+	}
+	if replayed {
+		header.Set(ReplayHeader, "true")
+	}
+	header.Set("Content-Length", fmt.Sprint(len(body)))
+	w.WriteHeader(answer.status)
+	_, _ = w.Write(body)
+}

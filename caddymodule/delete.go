@@ -1,0 +1,55 @@
+package caddymodule
+
+import (
+	"errors"
+	"net/http"
+
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+
+	"github.com/sessionid/caddy-sessionid/idmap"
+)
+
+// serveDelete deletes a mapped session upstream and then its mapping, under
+// the id's lock, so the id can be created again. A session the upstream no
+// longer has loses its mapping too. Unmapped ids pass through.
+func (h *Handler) serveDelete(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	ctx := r.Context()
+	start, end, _ := sessionSegment(r.URL.Path)
+	id := r.URL.Path[start:end]
+	if idmap.Validate(id) != nil {
+		return h.proxy(w, r, next, nil)
+	}
+	unlock, err := h.index.Lock(ctx, id)
+	if err != nil {
+		storageFailed(w, "could not lock session id "+id+": "+err.Error())
+		return nil
+	}
+	defer unlock()
+	m, err := h.index.Store.Load(ctx, id)
+	if errors.Is(err, idmap.ErrNotFound) {
+		return h.proxy(w, r, next, nil)
+	}
+	if err != nil {
+		storageFailed(w, "session id mapping could not be read")
+		return nil
+	}
+	if !h.toUpstream(w, r, nil) {
+		return nil
+	}
+	answer, err := askUpstream(r, next, http.MethodDelete, r.URL.Path, r.URL.RawQuery, nil)
+	if err != nil {
+		upstreamFailed(w, failureStatus(err), "upstream could not delete the session: "+err.Error())
+		return nil
+	}
+	if answer.ok() || answer.status == http.StatusNotFound {
+		if err := h.index.Remove(ctx, m); err != nil {
+			h.logger.Error("session deleted upstream but its mapping could not be removed", zap.String("session_id", id), zap.Error(err))
+			storageFailed(w, "the session was deleted but its id mapping could not be removed; retry the delete")
+			return nil
+		}
+		h.logger.Info("session deleted", zap.String("session_id", id), zap.String("real_id", m.RealID))
+	}
+	h.relay(w, r, answer, false)
+	return nil
+}

@@ -1,0 +1,186 @@
+// Package caddymodule is the Caddy glue of client-chosen session ids: module
+// registration, configuration, the Caddyfile directive and ServeHTTP. The
+// domain (grammar, mapping, rewriting) lives in package idmap.
+package caddymodule
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+
+	"github.com/sessionid/caddy-sessionid/idmap"
+)
+
+func init() {
+	caddy.RegisterModule(Handler{})
+}
+
+// Handler gives an agent server that ignores client-chosen session ids (stock
+// `opencode serve`) sessions whose ids the client picks. Place it before
+// `reverse_proxy`, in a `route` or with the directive order it registers.
+//
+// A `POST /session` whose JSON body carries an `id` creates the upstream
+// session (or finds the one already made for that id), stores the pair
+// client id ↔ real id in Caddy's storage, and answers with the session under
+// the client's id. From then on every request naming the client id reaches
+// the upstream with the real id, and every response and event stream that
+// carries the real id reaches the client with its own id. Sessions created
+// without an id pass through untouched.
+type Handler struct {
+	// Mode selects how ids reach the upstream. "mapping" (the default and, for
+	// now, the only mode) maps client ids to the upstream's own ids and rewrites
+	// them in both directions; it needs nothing from the upstream beyond the
+	// plain OpenCode session API.
+	Mode string `json:"mode,omitempty"`
+
+	// Namespace separates the mappings of different upstreams that share one
+	// Caddy storage. Real ids are meaningful only to the server that made them,
+	// so give each upstream server (each opencode data directory) its own
+	// namespace. Default: "default".
+	Namespace string `json:"namespace,omitempty"`
+
+	// Duplicates says how a create is answered when its id is already mapped:
+	// "match" (default) replays the existing session with 200 and the header
+	// `Idempotent-Replayed: true` when the create provides the same title,
+	// agent, model, metadata, permission, parentID, workspaceID and directory as
+	// the one that made it, and answers 409 naming the fields that differ
+	// otherwise; "return" always replays; "reject" always answers 409.
+	Duplicates string `json:"duplicates,omitempty"`
+
+	// MaxBodySize limits the request bodies the handler reads to rewrite ids
+	// (JSON bodies only). A larger body is refused with 413 and never reaches
+	// the upstream. Default: 64 MiB.
+	MaxBodySize int64 `json:"max_body_size,omitempty"`
+
+	// MaxBufferSize is the largest JSON response that is rewritten in memory so
+	// that it keeps an exact Content-Length. Larger responses, and responses of
+	// unknown length, are rewritten as they stream and sent without one.
+	// Event streams are never buffered. Default: 4 MiB.
+	MaxBufferSize int64 `json:"max_buffer_size,omitempty"`
+
+	// CacheEntries is about how many ids the in-memory cache keeps, counting
+	// both directions. The cache only speeds up lookups: a mapping that is not
+	// cached is read from storage. Default: 100000.
+	CacheEntries int64 `json:"cache_entries,omitempty"`
+
+	// NegativeTTL is how long the handler remembers that an id is not mapped,
+	// which spares a storage read for every unmapped id in a response. Mappings
+	// made through this Caddy instance are visible at once regardless; one made
+	// through another instance sharing the storage becomes visible here within
+	// this time. Default: 2s. A negative value disables negative caching.
+	NegativeTTL caddy.Duration `json:"negative_ttl,omitempty"`
+
+	duplicates idmap.DuplicatePolicy
+	index      *idmap.Index
+	poolKey    string
+	logger     *zap.Logger
+}
+
+// CaddyModule returns the Caddy module information.
+func (Handler) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.session_ids",
+		New: func() caddy.Module { return new(Handler) },
+	}
+}
+
+// Defaults of the configuration fields, applied by Provision.
+const (
+	defaultNamespace     = "default"
+	defaultMaxBodySize   = 64 << 20
+	defaultMaxBufferSize = 4 << 20
+	defaultNegativeTTL   = 2 * time.Second
+)
+
+// indexes keeps one Index per namespace, storage and cache settings across
+// config reloads, so
+// that the handler of a new config sees the locks, in-flight creates and cache
+// of the handler it replaces while both serve requests.
+var indexes = caddy.NewUsagePool()
+
+type pooledIndex struct{ *idmap.Index }
+
+func (p pooledIndex) Destruct() error { p.Close(); return nil }
+
+// Provision sets up the handler.
+func (h *Handler) Provision(ctx caddy.Context) error {
+	h.logger = ctx.Logger()
+	if h.Mode == "" {
+		h.Mode = "mapping"
+	}
+	if h.Namespace == "" {
+		h.Namespace = defaultNamespace
+	}
+	if h.MaxBodySize == 0 {
+		h.MaxBodySize = defaultMaxBodySize
+	}
+	if h.MaxBufferSize == 0 {
+		h.MaxBufferSize = defaultMaxBufferSize
+	}
+	if h.NegativeTTL == 0 {
+		h.NegativeTTL = caddy.Duration(defaultNegativeTTL)
+	}
+	policy, err := idmap.ParseDuplicatePolicy(h.Duplicates)
+	if err != nil {
+		return err
+	}
+	h.duplicates = policy
+
+	storage := ctx.Storage()
+	// Settings that shape the index are part of the key, so a reload that
+	// changes them gets a new index instead of silently keeping the old one.
+	h.poolKey = fmt.Sprintf("%s|%s|%d|%s", h.Namespace, storageIdentity(storage), h.CacheEntries, time.Duration(h.NegativeTTL))
+	value, _, err := indexes.LoadOrNew(h.poolKey, func() (caddy.Destructor, error) {
+		index, err := idmap.NewIndex(idmap.NewStore(storage, h.Namespace), idmap.IndexConfig{
+			CacheEntries: h.CacheEntries,
+			NegativeTTL:  time.Duration(h.NegativeTTL),
+		})
+		return pooledIndex{index}, err
+	})
+	if err != nil {
+		return err
+	}
+	h.index = value.(pooledIndex).Index
+	return nil
+}
+
+// storageIdentity names a storage so that configs using the same storage share
+// an index: by its String method where it has one (file storage names its
+// folder), else by its identity.
+func storageIdentity(s any) string {
+	if str, ok := s.(fmt.Stringer); ok {
+		return fmt.Sprintf("%T:%s", s, str)
+	}
+	return fmt.Sprintf("%T@%p", s, s)
+}
+
+// Validate checks the configuration.
+func (h *Handler) Validate() error {
+	if h.Mode != "mapping" {
+		return fmt.Errorf("unknown mode %q: want mapping", h.Mode)
+	}
+	if h.MaxBodySize < 0 || h.MaxBufferSize < 0 || h.CacheEntries < 0 {
+		return fmt.Errorf("sizes must not be negative")
+	}
+	return nil
+}
+
+// Cleanup releases the handler's share of its index.
+func (h *Handler) Cleanup() error {
+	if h.poolKey == "" {
+		return nil
+	}
+	_, err := indexes.Delete(h.poolKey)
+	return err
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner           = (*Handler)(nil)
+	_ caddy.Validator             = (*Handler)(nil)
+	_ caddy.CleanerUpper          = (*Handler)(nil)
+	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
+)

@@ -1,0 +1,101 @@
+package caddymodule
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+)
+
+// maxUpstreamAnswer bounds what the handler buffers of its own calls upstream.
+const maxUpstreamAnswer = 64 << 20
+
+// upstreamAnswer is a response the handler asked for itself, in full.
+type upstreamAnswer struct {
+	status int
+	header http.Header
+	body   bytes.Buffer
+	over   bool
+}
+
+func (a *upstreamAnswer) Header() http.Header { return a.header }
+
+func (a *upstreamAnswer) WriteHeader(status int) {
+	if a.status == 0 && status >= 200 {
+		a.status = status
+	}
+}
+
+func (a *upstreamAnswer) Write(p []byte) (int, error) {
+	if a.status == 0 {
+		a.status = http.StatusOK
+	}
+	if a.body.Len()+len(p) > maxUpstreamAnswer {
+		a.over = true
+		return 0, errors.New("upstream answer too large")
+	}
+	return a.body.Write(p)
+}
+
+// FlushError lets the proxy flush; there is nothing to flush to.
+func (a *upstreamAnswer) FlushError() error { return nil }
+
+func (a *upstreamAnswer) ok() bool { return a.status >= 200 && a.status < 300 }
+
+// askUpstream sends a request of the handler's own through the rest of the
+// route (the reverse_proxy), so it gets the same upstream selection, health
+// checks, retries, timeouts and headers as the client's requests. The client's
+// headers (Authorization among them) come along; the body and its headers are
+// replaced. A transport failure is returned as an error carrying the status
+// the proxy chose (502, 503 or 504).
+func askUpstream(r *http.Request, next caddyhttp.Handler, method, path, rawQuery string, body []byte) (*upstreamAnswer, error) {
+	sub := r.Clone(r.Context())
+	sub.Method = method
+	sub.URL.Path, sub.URL.RawPath, sub.URL.RawQuery = path, "", rawQuery
+	sub.RequestURI = sub.URL.RequestURI()
+	sub.Header.Del("Accept-Encoding")
+	sub.Header.Del("Content-Encoding")
+	sub.Header.Del("Transfer-Encoding")
+	sub.TransferEncoding = nil
+	if body == nil {
+		sub.Body, sub.ContentLength, sub.GetBody = http.NoBody, 0, nil
+		sub.Header.Del("Content-Type")
+		sub.Header.Del("Content-Length")
+	} else {
+		setBody(sub, body)
+		sub.Header.Set("Content-Type", "application/json")
+	}
+	answer := &upstreamAnswer{header: http.Header{}}
+	err := next.ServeHTTP(answer, sub)
+	if err != nil {
+		return nil, fmt.Errorf("%s %s: %w", method, path, err)
+	}
+	if answer.over {
+		return nil, caddyhttp.Error(http.StatusBadGateway, fmt.Errorf("%s %s: upstream answer over %d bytes", method, path, maxUpstreamAnswer))
+	}
+	if answer.status == 0 {
+		answer.status = http.StatusOK
+	}
+	return answer, nil
+}
+
+// setBody replaces a request's body with b and keeps its length headers true.
+func setBody(r *http.Request, b []byte) {
+	r.Body = io.NopCloser(bytes.NewReader(b))
+	r.ContentLength = int64(len(b))
+	r.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b)), nil }
+	r.Header.Set("Content-Length", strconv.Itoa(len(b)))
+}
+
+// failureStatus is the status to answer with when askUpstream failed.
+func failureStatus(err error) int {
+	var he caddyhttp.HandlerError
+	if errors.As(err, &he) && he.StatusCode >= 400 {
+		return he.StatusCode
+	}
+	return http.StatusBadGateway
+}

@@ -1,0 +1,206 @@
+package idmap
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/dgraph-io/ristretto/v2"
+)
+
+// Index answers "which id stands for this one?" in both directions, from a
+// ristretto cache in front of a Store, and serialises creates per id.
+//
+// Negative answers are cached too (for NegativeTTL), because responses carry
+// many unmapped ids and each miss would otherwise read the storage. Two rules
+// keep them from hiding a mapping made in this process:
+//   - a create registers itself as in flight before it asks the upstream, and a
+//     lookup that misses waits for the creates in flight at that moment to
+//     finish before it concludes; upstreams announce a new session (on their
+//     event streams) before the create returns, so without the wait that
+//     announcement would go out with the real id;
+//   - every change bumps a generation, and a negative answer is cached only if
+//     no change happened while it was being looked up.
+//
+// Another process sharing the storage can make a mapping this one has cached
+// as absent; that is seen once the negative entry expires.
+type Index struct {
+	Store       *Store
+	NegativeTTL time.Duration
+
+	cache *ristretto.Cache[string, entry]
+	locks *keyedMutex
+
+	mu         sync.Mutex
+	generation uint64
+	inflight   map[*inflightCreate]struct{}
+}
+
+type entry struct {
+	id     string
+	mapped bool
+}
+
+type inflightCreate struct{ done chan struct{} }
+
+// IndexConfig sizes an Index.
+type IndexConfig struct {
+	// CacheEntries is about how many ids (in either direction) the cache keeps.
+	CacheEntries int64
+	// NegativeTTL is how long "not mapped" is remembered.
+	NegativeTTL time.Duration
+}
+
+// NewIndex returns an Index over store.
+func NewIndex(store *Store, cfg IndexConfig) (*Index, error) {
+	if cfg.CacheEntries <= 0 {
+		cfg.CacheEntries = 100_000
+	}
+	cache, err := ristretto.NewCache(&ristretto.Config[string, entry]{
+		NumCounters: cfg.CacheEntries * 10,
+		MaxCost:     cfg.CacheEntries,
+		BufferItems: 64,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("create mapping cache: %w", err)
+	}
+	return &Index{
+		Store:       store,
+		NegativeTTL: cfg.NegativeTTL,
+		cache:       cache,
+		locks:       newKeyedMutex(),
+		inflight:    map[*inflightCreate]struct{}{},
+	}, nil
+}
+
+// Close releases the cache.
+func (x *Index) Close() { x.cache.Close() }
+
+// RealOf returns the real id of a client id, if it is mapped.
+func (x *Index) RealOf(ctx context.Context, clientID string) (string, bool, error) {
+	return x.resolve(ctx, "c:"+clientID, func() (string, error) {
+		m, err := x.Store.Load(ctx, clientID)
+		return m.RealID, err
+	})
+}
+
+// ClientOf returns the client id of a real id, if it is mapped.
+func (x *Index) ClientOf(ctx context.Context, realID string) (string, bool, error) {
+	return x.resolve(ctx, "r:"+realID, func() (string, error) {
+		return x.Store.ClientOf(ctx, realID)
+	})
+}
+
+func (x *Index) resolve(ctx context.Context, key string, load func() (string, error)) (string, bool, error) {
+	if e, ok := x.cache.Get(key); ok {
+		return e.id, e.mapped, nil
+	}
+	for waited := false; ; waited = true {
+		x.mu.Lock()
+		generation := x.generation
+		var creates []*inflightCreate
+		for c := range x.inflight {
+			creates = append(creates, c)
+		}
+		x.mu.Unlock()
+
+		id, err := load()
+		if err == nil {
+			x.cache.Set(key, entry{id: id, mapped: true}, 1)
+			return id, true, nil
+		}
+		if !errors.Is(err, ErrNotFound) {
+			return "", false, err
+		}
+		if len(creates) == 0 || waited {
+			x.rememberAbsent(key, generation)
+			return "", false, nil
+		}
+		for _, c := range creates {
+			select {
+			case <-c.done:
+			case <-ctx.Done():
+				return "", false, ctx.Err()
+			}
+		}
+	}
+}
+
+func (x *Index) rememberAbsent(key string, generation uint64) {
+	if x.NegativeTTL <= 0 {
+		return
+	}
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if x.generation == generation {
+		x.cache.SetWithTTL(key, entry{}, 1, x.NegativeTTL)
+	}
+}
+
+// Lock serialises work on one client id: in the process first, then through
+// the storage lock, which also excludes other Caddy instances sharing the
+// storage. The returned function releases both.
+func (x *Index) Lock(ctx context.Context, clientID string) (func(), error) {
+	unlockLocal, err := x.locks.lock(ctx, clientID)
+	if err != nil {
+		return nil, err
+	}
+	if err := x.Store.Lock(ctx, clientID); err != nil {
+		unlockLocal()
+		return nil, fmt.Errorf("lock %q: %w", clientID, err)
+	}
+	return func() {
+		// Unlock even if the request's context is gone.
+		_ = x.Store.Unlock(context.WithoutCancel(ctx), clientID)
+		unlockLocal()
+	}, nil
+}
+
+// BeginCreate marks a create as in flight until the returned function runs;
+// lookups that miss meanwhile wait for it (see Index).
+func (x *Index) BeginCreate() (end func()) {
+	c := &inflightCreate{done: make(chan struct{})}
+	x.mu.Lock()
+	x.inflight[c] = struct{}{}
+	x.mu.Unlock()
+	return func() {
+		x.mu.Lock()
+		delete(x.inflight, c)
+		x.mu.Unlock()
+		close(c.done)
+	}
+}
+
+// Save stores a mapping and makes it visible to lookups at once.
+func (x *Index) Save(ctx context.Context, m Mapping) error {
+	if err := x.Store.Save(ctx, m); err != nil {
+		x.forget(m)
+		return err
+	}
+	x.forget(m)
+	x.cache.Set("c:"+m.ClientID, entry{id: m.RealID, mapped: true}, 1)
+	x.cache.Set("r:"+m.RealID, entry{id: m.ClientID, mapped: true}, 1)
+	return nil
+}
+
+// Remove deletes a mapping and makes the removal visible to lookups at once.
+func (x *Index) Remove(ctx context.Context, m Mapping) error {
+	err := x.Store.Remove(ctx, m)
+	x.forget(m)
+	return err
+}
+
+// forget drops both directions of m from the cache and bumps the generation,
+// so that no negative answer looked up before the change is cached after it.
+func (x *Index) forget(m Mapping) {
+	x.mu.Lock()
+	x.generation++
+	x.cache.Del("c:" + m.ClientID)
+	x.cache.Del("r:" + m.RealID)
+	x.mu.Unlock()
+}
+
+// CacheMetrics exposes ristretto's counters (hits, misses, ...).
+func (x *Index) CacheMetrics() *ristretto.Metrics { return x.cache.Metrics }

@@ -1,0 +1,186 @@
+package idmap
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"path"
+	"time"
+)
+
+// Storage is the part of Caddy's storage interface (certmagic.Storage) that
+// the mapping needs. Load must return an error wrapping fs.ErrNotExist for a
+// missing key, as certmagic requires of every storage module.
+type Storage interface {
+	Lock(ctx context.Context, name string) error
+	Unlock(ctx context.Context, name string) error
+	Store(ctx context.Context, key string, value []byte) error
+	Load(ctx context.Context, key string) ([]byte, error)
+	Delete(ctx context.Context, key string) error
+}
+
+// Mapping ties a client-chosen id to the upstream's real id.
+type Mapping struct {
+	ClientID string    `json:"client_id"`
+	RealID   string    `json:"real_id"`
+	Fields   Fields    `json:"fields"`
+	Created  time.Time `json:"created"`
+}
+
+// Pending records a create that was about to reach the upstream. It is written
+// before the upstream is asked and removed once the mapping is stored, so a
+// pending record found later means an upstream session may exist for the id
+// without a mapping, and must be looked for before creating another one.
+type Pending struct {
+	ClientID string    `json:"client_id"`
+	Fields   Fields    `json:"fields"`
+	Query    string    `json:"query"` // the create's raw query: where to look for the session
+	Started  time.Time `json:"started"`
+}
+
+// Store keeps mappings in a Storage under one namespace:
+//
+//	<root>/<namespace>/client/<client id>   Mapping, the commit point
+//	<root>/<namespace>/real/<real id>       the client id, an index
+//	<root>/<namespace>/pending/<client id>  Pending
+//
+// A mapping is written index first and record last, and removed record first:
+// the client record is the single commit point, and an index entry without
+// its record is ignored, so a crash between the two writes never makes a real
+// id look mapped to a client id that is not.
+type Store struct {
+	storage Storage
+	prefix  string
+}
+
+// StorageRoot is the top-level storage folder of this module.
+const StorageRoot = "session_ids"
+
+// NewStore returns a Store for namespace in storage.
+func NewStore(storage Storage, namespace string) *Store {
+	return &Store{storage: storage, prefix: path.Join(StorageRoot, namespace)}
+}
+
+// ErrNotFound is returned for an id without a mapping or pending record.
+var ErrNotFound = errors.New("not found")
+
+func (s *Store) key(kind, id string) string { return s.prefix + "/" + kind + "/" + id }
+
+// Load returns the mapping of a client id.
+func (s *Store) Load(ctx context.Context, clientID string) (Mapping, error) {
+	var m Mapping
+	err := s.loadJSON(ctx, s.key("client", clientID), &m)
+	return m, err
+}
+
+// ClientOf returns the client id mapped to a real id.
+func (s *Store) ClientOf(ctx context.Context, realID string) (string, error) {
+	raw, err := s.load(ctx, s.key("real", realID))
+	if err != nil {
+		return "", err
+	}
+	clientID := string(raw)
+	m, err := s.Load(ctx, clientID)
+	if errors.Is(err, ErrNotFound) || err == nil && m.RealID != realID {
+		return "", ErrNotFound // a leftover index entry: its record was never committed or is gone
+	}
+	if err != nil {
+		return "", err
+	}
+	return clientID, nil
+}
+
+// Save stores a mapping durably: when it returns nil, the mapping survives a
+// crash of this process.
+func (s *Store) Save(ctx context.Context, m Mapping) error {
+	if err := s.storage.Store(ctx, s.key("real", m.RealID), []byte(m.ClientID)); err != nil {
+		return fmt.Errorf("store index of %q: %w", m.ClientID, err)
+	}
+	raw, err := json.Marshal(m)
+	if err != nil {
+		return err
+	}
+	if err := s.storage.Store(ctx, s.key("client", m.ClientID), raw); err != nil {
+		return fmt.Errorf("store mapping of %q: %w", m.ClientID, err)
+	}
+	return nil
+}
+
+// Remove deletes a mapping, its record first.
+func (s *Store) Remove(ctx context.Context, m Mapping) error {
+	if err := s.delete(ctx, s.key("client", m.ClientID)); err != nil {
+		return fmt.Errorf("delete mapping of %q: %w", m.ClientID, err)
+	}
+	if err := s.delete(ctx, s.key("real", m.RealID)); err != nil {
+		return fmt.Errorf("delete index of %q: %w", m.ClientID, err)
+	}
+	return nil
+}
+
+// LoadPending returns the pending create of a client id.
+func (s *Store) LoadPending(ctx context.Context, clientID string) (Pending, error) {
+	var p Pending
+	err := s.loadJSON(ctx, s.key("pending", clientID), &p)
+	return p, err
+}
+
+// SavePending records a create about to be sent upstream.
+func (s *Store) SavePending(ctx context.Context, p Pending) error {
+	raw, err := json.Marshal(p)
+	if err != nil {
+		return err
+	}
+	if err := s.storage.Store(ctx, s.key("pending", p.ClientID), raw); err != nil {
+		return fmt.Errorf("store pending create of %q: %w", p.ClientID, err)
+	}
+	return nil
+}
+
+// RemovePending deletes the pending record of a client id, if any.
+func (s *Store) RemovePending(ctx context.Context, clientID string) error {
+	return s.delete(ctx, s.key("pending", clientID))
+}
+
+// Lock takes the storage lock of a client id, which excludes every other
+// process sharing the storage. Callers serialise within the process first
+// (see Index.Lock): storage locks poll, and are slow under contention.
+func (s *Store) Lock(ctx context.Context, clientID string) error {
+	return s.storage.Lock(ctx, s.key("lock", clientID))
+}
+
+// Unlock releases the storage lock of a client id.
+func (s *Store) Unlock(ctx context.Context, clientID string) error {
+	return s.storage.Unlock(ctx, s.key("lock", clientID))
+}
+
+func (s *Store) load(ctx context.Context, key string) ([]byte, error) {
+	raw, err := s.storage.Load(ctx, key)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, ErrNotFound
+	}
+	if err != nil {
+		return nil, fmt.Errorf("load %s: %w", key, err)
+	}
+	return raw, nil
+}
+
+func (s *Store) loadJSON(ctx context.Context, key string, v any) error {
+	raw, err := s.load(ctx, key)
+	if err != nil {
+		return err
+	}
+	if err := json.Unmarshal(raw, v); err != nil {
+		return fmt.Errorf("decode %s: %w", key, err)
+	}
+	return nil
+}
+
+func (s *Store) delete(ctx context.Context, key string) error {
+	err := s.storage.Delete(ctx, key)
+	if err == nil || errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	return err
+}
