@@ -173,4 +173,3 @@ func (h *Handler) toUpstream(w http.ResponseWriter, r *http.Request, body []byte
 	r.Header.Del("Accept-Encoding")
 	return true
 }
-
