@@ -1,0 +1,247 @@
+package integration
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// OpencodeVersion is the stock opencode these tests run, from npm.
+const OpencodeVersion = "1.18.33"
+
+var (
+	repoRoot, _ = filepath.Abs("..")
+	caddyBin    string // set by TestMain
+	opencodeBin string // set by TestMain
+)
+
+// findOrInstallOpencode returns $OPENCODE_BIN, or opencode-ai@OpencodeVersion
+// installed from npm under .cache/ in the repository (installed on first use).
+func findOrInstallOpencode() (string, error) {
+	if bin := os.Getenv("OPENCODE_BIN"); bin != "" {
+		return bin, nil
+	}
+	prefix := filepath.Join(repoRoot, ".cache", "opencode-ai-"+OpencodeVersion)
+	bin := filepath.Join(prefix, "node_modules", ".bin", "opencode")
+	if _, err := os.Stat(bin); err == nil {
+		return bin, nil
+	}
+	cmd := exec.Command("npm", "install", "--no-audit", "--no-fund", "--prefix", prefix, "opencode-ai@"+OpencodeVersion)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("npm install opencode-ai@%s: %v\n%s", OpencodeVersion, err, out)
+	}
+	return bin, nil
+}
+
+// findOrBuildCaddy returns $CADDY_BIN (CI sets it to the xcaddy build), or
+// builds ./cmd/caddy, the same module set, into dir.
+func findOrBuildCaddy(dir string) (string, error) {
+	if bin := os.Getenv("CADDY_BIN"); bin != "" {
+		return filepath.Abs(bin)
+	}
+	bin := filepath.Join(dir, "caddy")
+	cmd := exec.Command("go", "build", "-o", bin, "./cmd/caddy")
+	cmd.Dir = repoRoot
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("build caddy: %v\n%s", err, out)
+	}
+	return bin, nil
+}
+
+func freePort(tb testing.TB) int {
+	tb.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// process is a child process whose output is kept for failure reports.
+type process struct {
+	name string
+	cmd  *exec.Cmd
+	out  *syncBuffer
+	done chan struct{}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func startProcess(tb testing.TB, name, dir string, env []string, bin string, args ...string) *process {
+	tb.Helper()
+	cmd := exec.Command(bin, args...)
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), env...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	p := &process{name: name, cmd: cmd, out: &syncBuffer{}, done: make(chan struct{})}
+	cmd.Stdout, cmd.Stderr = p.out, p.out
+	if err := cmd.Start(); err != nil {
+		tb.Fatalf("start %s: %v", name, err)
+	}
+	go func() { _ = cmd.Wait(); close(p.done) }()
+	tb.Cleanup(func() {
+		p.stop()
+		if tb.Failed() {
+			tb.Logf("--- %s output (last 4 KB) ---\n%s", name, tail(p.out.String(), 4096))
+		}
+	})
+	return p
+}
+
+func tail(s string, n int) string {
+	if len(s) > n {
+		return s[len(s)-n:]
+	}
+	return s
+}
+
+// stop sends SIGTERM to the process group and SIGKILL if it is still there
+// after 5 s (opencode once ignored SIGTERM).
+func (p *process) stop() {
+	select {
+	case <-p.done:
+		return
+	default:
+	}
+	_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(5 * time.Second):
+		p.kill()
+	}
+}
+
+// kill is kill -9 of the process group: no chance to clean up.
+func (p *process) kill() {
+	_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
+	<-p.done
+}
+
+// opencode is a stock `opencode serve` with isolated XDG folders and a fresh
+// git repository as its working directory.
+type opencode struct {
+	*process
+	URL, Dir, Password string
+}
+
+func startOpencode(tb testing.TB, model *fakeModel, password string) *opencode {
+	tb.Helper()
+	root := tb.TempDir()
+	dirs := map[string]string{}
+	for _, d := range []string{"home", "data", "config", "state", "cache", "work"} {
+		dirs[d] = filepath.Join(root, d)
+		if err := os.MkdirAll(dirs[d], 0o755); err != nil {
+			tb.Fatal(err)
+		}
+	}
+	if err := os.MkdirAll(filepath.Join(dirs["config"], "opencode"), 0o755); err != nil {
+		tb.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dirs["config"], "opencode", "opencode.json"), model.opencodeConfig(), 0o644); err != nil {
+		tb.Fatal(err)
+	}
+	git := exec.Command("sh", "-c", "git init -q . && git -c user.email=t@t -c user.name=t commit -q --allow-empty -m init")
+	git.Dir = dirs["work"]
+	if out, err := git.CombinedOutput(); err != nil {
+		tb.Fatalf("git init: %v %s", err, out)
+	}
+	port := freePort(tb)
+	env := []string{
+		"HOME=" + dirs["home"], "XDG_DATA_HOME=" + dirs["data"], "XDG_CONFIG_HOME=" + dirs["config"],
+		"XDG_STATE_HOME=" + dirs["state"], "XDG_CACHE_HOME=" + dirs["cache"],
+	}
+	if password != "" {
+		env = append(env, "OPENCODE_SERVER_PASSWORD="+password)
+	}
+	p := startProcess(tb, "opencode", dirs["work"], env, opencodeBin,
+		"serve", "--hostname", "127.0.0.1", "--port", fmt.Sprint(port), "--print-logs")
+	return &opencode{process: p, URL: fmt.Sprintf("http://127.0.0.1:%d", port), Dir: dirs["work"], Password: password}
+}
+
+// caddy is the Caddy binary serving Caddyfile.example in front of an upstream.
+type caddy struct {
+	*process
+	URL, DataDir string
+	env          []string
+	tb           testing.TB
+}
+
+func startCaddy(tb testing.TB, upstream *opencode, extraEnv ...string) *caddy {
+	tb.Helper()
+	data := tb.TempDir()
+	port := freePort(tb)
+	env := []string{
+		fmt.Sprintf("LISTEN=:%d", port),
+		"UPSTREAM=" + strings.TrimPrefix(upstream.URL, "http://"),
+		fmt.Sprintf("ADMIN=localhost:%d", freePort(tb)),
+		"XDG_DATA_HOME=" + data, "XDG_CONFIG_HOME=" + data, "HOME=" + data,
+	}
+	c := &caddy{URL: fmt.Sprintf("http://127.0.0.1:%d", port), DataDir: data, env: append(env, extraEnv...), tb: tb}
+	c.start()
+	return c
+}
+
+func (c *caddy) start() {
+	c.tb.Helper()
+	c.process = startProcess(c.tb, "caddy", repoRoot, c.env, caddyBin, "run", "--config", "Caddyfile.example")
+	waitListening(c.tb, c.URL, c.process)
+}
+
+// restart stops Caddy (gracefully, or with kill -9) and starts it again on
+// the same port and storage.
+func (c *caddy) restart(hard bool) {
+	c.tb.Helper()
+	if hard {
+		c.kill()
+	} else {
+		c.stop()
+	}
+	c.start()
+}
+
+// waitListening waits for Caddy's own socket only: the upstream behind it
+// may still be starting, which is the point of the readiness settings.
+func waitListening(tb testing.TB, url string, p *process) {
+	tb.Helper()
+	addr := strings.TrimPrefix(url, "http://")
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	for ctx.Err() == nil {
+		conn, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
+		if err == nil {
+			conn.Close()
+			return
+		}
+		select {
+		case <-p.done:
+			tb.Fatalf("%s exited while starting:\n%s", p.name, p.out.String())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	tb.Fatalf("%s did not listen on %s", p.name, addr)
+}
