@@ -6,10 +6,10 @@ cd "$(dirname "$0")"
 CADDY_VERSION=v2.11.9
 XCADDY_VERSION=v0.4.5
 output=${1:-./caddy}
-case "$output" in /*) ;; *) output="$PWD/$output" ;; esac
+case "$output" in /*) ;; *) output="$PWD/${output#./}" ;; esac
 module=$(go list -m)
 go run "github.com/caddyserver/xcaddy/cmd/xcaddy@${XCADDY_VERSION}" build "$CADDY_VERSION" \
-	--with "$module=$PWD" \
+	--with "$module@v0.0.0=$PWD" \
 	--output "$output"
 "$output" list-modules | grep -qx 'http.handlers.session_ids'
 echo "built $output with $module"
