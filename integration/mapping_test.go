@@ -23,6 +23,7 @@ func TestMappingMode(t *testing.T) {
 
 	t.Run("the seed flow: create with an id, prompt it, see the reply under that id", func(t *testing.T) {
 		events := subscribe(t, proxy.URL+"/event", "")
+		globalEvents := subscribe(t, proxy.URL+"/global/event", "")
 		clientID := id("seed")
 
 		created := call(t, "POST", proxy.URL+"/session", map[string]any{"id": clientID, "title": "seed"}, "")
@@ -51,6 +52,13 @@ func TestMappingMode(t *testing.T) {
 		}
 		if !strings.Contains(all, `"type":"session.created"`) || !strings.Contains(all, `"sessionID":"`+clientID+`"`) {
 			t.Fatalf("session.created under the client id is missing:\n%s", all)
+		}
+
+		global := strings.Join(globalEvents.until(t, 30*time.Second, func(e string) bool {
+			return strings.Contains(e, `"session.idle"`) && strings.Contains(e, clientID)
+		}), "\n")
+		if strings.Contains(global, real) {
+			t.Fatalf("/global/event carried the real id %s:\n%s", real, global)
 		}
 
 		messages := call(t, "GET", proxy.URL+"/session/"+clientID+"/message", nil, "")
