@@ -65,19 +65,12 @@ func (h *Handler) parseCreate(w http.ResponseWriter, r *http.Request, raw []byte
 		badRequest(w, "request body must be a JSON object", nil)
 		return nil, false
 	}
-	rawID, present := body["id"]
+	id, present, invalid := idmap.CreateID(body)
 	if !present {
 		return nil, true
 	}
-	var id string
-	if err := json.Unmarshal(rawID, &id); err != nil || string(rawID) == "null" {
-		badRequest(w, "invalid session id: must be a string", map[string]any{"field": "id", "rule": idmap.RuleType})
-		return nil, false
-	}
-	if err := idmap.Validate(id); err != nil {
-		var invalid *idmap.InvalidIDError
-		errors.As(err, &invalid)
-		badRequest(w, err.Error(), map[string]any{"field": "id", "rule": invalid.Rule})
+	if invalid != nil {
+		badRequest(w, invalid.Error(), map[string]any{"field": "id", "rule": invalid.Rule})
 		return nil, false
 	}
 	if meta, ok := body["metadata"]; ok {

@@ -1,6 +1,7 @@
 package idmap
 
 import (
+	"encoding/json"
 	"fmt"
 	"unicode/utf8"
 )
@@ -83,4 +84,21 @@ func IsToken(s string) bool {
 		}
 	}
 	return true
+}
+
+// CreateID reads the optional "id" of a decoded create body: absent is "",
+// false; present, it must be a JSON string that passes Validate.
+func CreateID(body map[string]json.RawMessage) (string, bool, *InvalidIDError) {
+	raw, present := body["id"]
+	if !present {
+		return "", false, nil
+	}
+	var id string
+	if err := json.Unmarshal(raw, &id); err != nil || string(raw) == "null" {
+		return "", true, &InvalidIDError{Rule: RuleType, Detail: "must be a string"}
+	}
+	if err := Validate(id); err != nil {
+		return "", true, err.(*InvalidIDError)
+	}
+	return id, true, nil
 }
