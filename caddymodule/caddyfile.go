@@ -24,7 +24,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 // UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
 //
 //	session_ids [<matcher>] {
-//		mode            mapping
+//		mode            mapping|direct
 //		namespace       <name>
 //		duplicates      match|return|reject
 //		max_body_size   <size>

@@ -25,16 +25,41 @@ const MetadataTag = "clientSessionID"
 // ReplayHeader marks an answer that returns a session created earlier.
 const ReplayHeader = "Idempotent-Replayed"
 
-// createRequest is a POST /session that names its id.
+// createRequest is a create that names its id: v1 POST /session, or v2
+// POST /api/session translated to the v1 body.
 type createRequest struct {
-	id     string
-	body   map[string]json.RawMessage // the JSON body without "id"
-	fields idmap.Fields
+	id        string
+	body      map[string]json.RawMessage // the v1 JSON body without "id"
+	directory string                     // from the query, header or v2 location
+	fields    idmap.Fields
+	v2        bool // answer in the v2 shape, {"data": session}
 }
 
-// serveCreate handles POST /session. Without an id in the body it is an
-// ordinary create and passes through; with one, the session is made, found or
-// refused under that id.
+func (req *createRequest) parentID() string {
+	var id string
+	_ = json.Unmarshal(req.body["parentID"], &id)
+	return id
+}
+
+// patchBody is what a v1 PATCH must set after a v2 create, which takes only
+// id, agent, model and location; nil when there is nothing to set.
+func (req *createRequest) patchBody() []byte {
+	patch := map[string]json.RawMessage{}
+	for _, name := range []string{"title", "metadata", "permission"} {
+		if v, ok := req.body[name]; ok {
+			patch[name] = v
+		}
+	}
+	if len(patch) == 0 {
+		return nil
+	}
+	raw, _ := json.Marshal(patch)
+	return raw
+}
+
+// serveCreate handles POST /session and POST /api/session. Without an id in
+// the body it is an ordinary create and passes through; with one, the session
+// is made, found or refused under that id.
 func (h *Handler) serveCreate(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	var raw []byte
 	if r.Body != nil && r.Body != http.NoBody {
@@ -44,12 +69,18 @@ func (h *Handler) serveCreate(w http.ResponseWriter, r *http.Request, next caddy
 			return nil
 		}
 	}
-	req, ok := h.parseCreate(w, r, raw)
-	if !ok {
-		return nil
+	parse := h.parseCreate
+	if r.URL.Path == "/api/session" {
+		parse = h.parseCreateV2
 	}
-	if req == nil {
+	req, ok := parse(w, r, raw)
+	switch {
+	case !ok:
+		return nil
+	case req == nil:
 		return h.proxy(w, r, next, raw)
+	case h.Mode == ModeDirect:
+		return h.createDirect(w, r, next, req)
 	}
 	return h.create(w, r, next, req)
 }
@@ -86,7 +117,48 @@ func (h *Handler) parseCreate(w http.ResponseWriter, r *http.Request, raw []byte
 	if location["directory"] == "" {
 		location["directory"] = r.Header.Get("X-Opencode-Directory")
 	}
-	return &createRequest{id: id, body: body, fields: idmap.NewFields(body, location)}, true
+	return &createRequest{id: id, body: body, directory: location["directory"], fields: idmap.NewFields(body, location)}, true
+}
+
+// parseCreateV2 validates a v2 create body ({id, agent, model, location}) and
+// translates it to the v1 form, so that both routes share the duplicate
+// policy: a v1 and a v2 create of one id with the same agent, model and
+// directory match.
+func (h *Handler) parseCreateV2(w http.ResponseWriter, r *http.Request, raw []byte) (*createRequest, bool) {
+	if len(raw) == 0 {
+		return nil, true
+	}
+	var body map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &body); err != nil || body == nil {
+		badRequest(w, "request body must be a JSON object", nil)
+		return nil, false
+	}
+	id, present, invalid := idmap.CreateID(body)
+	if !present {
+		return nil, true
+	}
+	if invalid != nil {
+		badRequest(w, invalid.Error(), map[string]any{"field": "id", "rule": invalid.Rule})
+		return nil, false
+	}
+	var location struct {
+		Directory string `json:"directory"`
+	}
+	if raw, ok := body["location"]; ok && json.Unmarshal(raw, &location) != nil {
+		badRequest(w, "location must be an object", map[string]any{"field": "location"})
+		return nil, false
+	}
+	v1 := map[string]json.RawMessage{}
+	for _, name := range []string{"agent", "model"} {
+		if v, ok := body[name]; ok {
+			v1[name] = v
+		}
+	}
+	if location.Directory != "" {
+		r.URL.RawQuery = "directory=" + url.QueryEscape(location.Directory)
+	}
+	return &createRequest{id: id, body: v1, directory: location.Directory, v2: true,
+		fields: idmap.NewFields(v1, map[string]string{"directory": location.Directory})}, true
 }
 
 // create makes, finds or refuses the session of one client id, under the id's
@@ -191,6 +263,12 @@ func (h *Handler) create(w http.ResponseWriter, r *http.Request, next caddyhttp.
 		log.Warn("could not remove pending create record", zap.Error(err))
 	}
 	log.Info("session created", zap.String("real_id", realID))
+	if req.v2 {
+		if answer, err = h.sessionAnswer(r, next, realID, true); err != nil {
+			upstreamFailed(w, failureStatus(err), "the session was created but could not be read back: "+err.Error())
+			return nil
+		}
+	}
 	h.relay(w, r, answer, false)
 	return nil
 }
@@ -208,7 +286,7 @@ func (h *Handler) answerDuplicate(w http.ResponseWriter, r *http.Request, next c
 		}
 		return true, nil
 	}
-	answer, err := askUpstream(r, next, http.MethodGet, "/session/"+m.RealID, "", nil)
+	answer, err := h.sessionAnswer(r, next, m.RealID, req.v2)
 	if err != nil {
 		upstreamFailed(w, failureStatus(err), "upstream could not be asked for the existing session: "+err.Error())
 		return true, nil
@@ -296,8 +374,11 @@ func sessionIDOf(body []byte) (string, error) {
 // relay answers the client with a response the handler fetched itself, its
 // ids rewritten like any proxied response.
 func (h *Handler) relay(w http.ResponseWriter, r *http.Request, answer *upstreamAnswer, replayed bool) {
+	body := answer.body.Bytes()
 	lookup := &lookupFunc{resolve: h.index.ClientOf, ctx: r.Context()}
-	body, _ := idmap.Replace(answer.body.Bytes(), lookup.lookup)
+	if h.Mode == ModeMapping {
+		body, _ = idmap.Replace(body, lookup.lookup)
+	}
 	if lookup.err != nil {
 		h.logger.Error("mapping lookup failed while rewriting a response", zap.Error(lookup.err))
 	}

@@ -34,7 +34,7 @@ func (h *Handler) serveDelete(w http.ResponseWriter, r *http.Request, next caddy
 		storageFailed(w, "session id mapping could not be read")
 		return nil
 	}
-	if !h.toUpstream(w, r, nil) {
+	if h.Mode == ModeMapping && !h.toUpstream(w, r, nil) {
 		return nil
 	}
 	answer, err := askUpstream(r, next, http.MethodDelete, r.URL.Path, r.URL.RawQuery, nil)

@@ -30,10 +30,16 @@ func init() {
 // carries the real id reaches the client with its own id. Sessions created
 // without an id pass through untouched.
 type Handler struct {
-	// Mode selects how ids reach the upstream. "mapping" (the default and, for
-	// now, the only mode) maps client ids to the upstream's own ids and rewrites
-	// them in both directions; it needs nothing from the upstream beyond the
-	// plain OpenCode session API.
+	// Mode selects how ids reach the upstream. "mapping" (the default) maps
+	// client ids to the upstream's own ids and rewrites them in both
+	// directions; it needs nothing from the upstream beyond the plain OpenCode
+	// session API. "direct" passes ids to an upstream that honours them
+	// itself (the reference native server through v1 POST /session, stock
+	// opencode 1.17.9 or later through v2 POST /api/session), rewrites
+	// nothing, and keeps validation, the duplicate policy and exactly-once
+	// creation in the module. Which route a direct upstream offers is read
+	// from its GET /doc at the first create; an upstream with neither is
+	// refused with 501 and an error in the log.
 	Mode string `json:"mode,omitempty"`
 
 	// Namespace separates the mappings of different upstreams that share one
@@ -74,6 +80,7 @@ type Handler struct {
 	NegativeTTL caddy.Duration `json:"negative_ttl,omitempty"`
 
 	duplicates idmap.DuplicatePolicy
+	probe      *capabilityProbe
 	index      *idmap.Index
 	poolKey    string
 	logger     *zap.Logger
@@ -86,6 +93,12 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 		New: func() caddy.Module { return new(Handler) },
 	}
 }
+
+// The modes.
+const (
+	ModeMapping = "mapping"
+	ModeDirect  = "direct"
+)
 
 // Defaults of the configuration fields, applied by Provision.
 const (
@@ -109,7 +122,7 @@ func (p pooledIndex) Destruct() error { p.Close(); return nil }
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
 	if h.Mode == "" {
-		h.Mode = "mapping"
+		h.Mode = ModeMapping
 	}
 	if h.Namespace == "" {
 		h.Namespace = defaultNamespace
@@ -128,6 +141,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return err
 	}
 	h.duplicates = policy
+	h.probe = new(capabilityProbe)
 
 	storage := ctx.Storage()
 	// Settings that shape the index are part of the key, so a reload that
@@ -159,8 +173,8 @@ func storageIdentity(s any) string {
 
 // Validate checks the configuration.
 func (h *Handler) Validate() error {
-	if h.Mode != "mapping" {
-		return fmt.Errorf("unknown mode %q: want mapping", h.Mode)
+	if h.Mode != ModeMapping && h.Mode != ModeDirect {
+		return fmt.Errorf("unknown mode %q: want mapping or direct", h.Mode)
 	}
 	if h.MaxBodySize < 0 || h.MaxBufferSize < 0 || h.CacheEntries < 0 {
 		return fmt.Errorf("sizes must not be negative")

@@ -17,7 +17,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return next.ServeHTTP(w, r)
 	}
 	switch {
-	case r.Method == http.MethodPost && r.URL.Path == "/session":
+	case r.Method == http.MethodPost && (r.URL.Path == "/session" || r.URL.Path == "/api/session"):
 		return h.serveCreate(w, r, next)
 	case r.Method == http.MethodDelete && isSessionItem(r.URL.Path):
 		return h.serveDelete(w, r, next)
@@ -35,6 +35,13 @@ func isSessionItem(path string) bool {
 // proxy forwards a request with its ids rewritten and rewrites the response.
 // body is the request body when the caller has read it already.
 func (h *Handler) proxy(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, body []byte) error {
+	if h.Mode == ModeDirect {
+		// Ids are the upstream's own: nothing to rewrite.
+		if body != nil {
+			setBody(r, body)
+		}
+		return next.ServeHTTP(w, r)
+	}
 	if !h.toUpstream(w, r, body) {
 		return nil
 	}
