@@ -20,11 +20,15 @@ func run(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(dir)
-	if opencodeBin, err = findOrInstallOpencode(); err != nil {
+	if opencodeBin, err = findOrInstallOpencode(OpencodeVersion); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
 	if caddyBin, err = findOrBuildCaddy(dir); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	if nativeBin, err = build(dir, "nativeserver"); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}

@@ -18,26 +18,32 @@ import (
 // OpencodeVersion is the stock opencode these tests run, from npm.
 const OpencodeVersion = "1.18.33"
 
+// LegacyOpencodeVersion has no id-accepting route at all; mapping mode must
+// work in front of it anyway.
+const LegacyOpencodeVersion = "1.15.4"
+
 var (
 	repoRoot, _ = filepath.Abs("..")
 	caddyBin    string // set by TestMain
 	opencodeBin string // set by TestMain
+	nativeBin   string // set by TestMain
 )
 
-// findOrInstallOpencode returns $OPENCODE_BIN, or opencode-ai@OpencodeVersion
-// installed from npm under .cache/ in the repository (installed on first use).
-func findOrInstallOpencode() (string, error) {
-	if bin := os.Getenv("OPENCODE_BIN"); bin != "" {
+// findOrInstallOpencode returns opencode-ai@version installed from npm under
+// .cache/ in the repository (installed on first use); for OpencodeVersion,
+// $OPENCODE_BIN wins.
+func findOrInstallOpencode(version string) (string, error) {
+	if bin := os.Getenv("OPENCODE_BIN"); bin != "" && version == OpencodeVersion {
 		return bin, nil
 	}
-	prefix := filepath.Join(repoRoot, ".cache", "opencode-ai-"+OpencodeVersion)
+	prefix := filepath.Join(repoRoot, ".cache", "opencode-ai-"+version)
 	bin := filepath.Join(prefix, "node_modules", ".bin", "opencode")
 	if _, err := os.Stat(bin); err == nil {
 		return bin, nil
 	}
-	cmd := exec.Command("npm", "install", "--no-audit", "--no-fund", "--prefix", prefix, "opencode-ai@"+OpencodeVersion)
+	cmd := exec.Command("npm", "install", "--no-audit", "--no-fund", "--prefix", prefix, "opencode-ai@"+version)
 	if out, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("npm install opencode-ai@%s: %v\n%s", OpencodeVersion, err, out)
+		return "", fmt.Errorf("npm install opencode-ai@%s: %v\n%s", version, err, out)
 	}
 	return bin, nil
 }
@@ -48,11 +54,16 @@ func findOrBuildCaddy(dir string) (string, error) {
 	if bin := os.Getenv("CADDY_BIN"); bin != "" {
 		return filepath.Abs(bin)
 	}
-	bin := filepath.Join(dir, "caddy")
-	cmd := exec.Command("go", "build", "-o", bin, "./cmd/caddy")
+	return build(dir, "caddy")
+}
+
+// build compiles ./cmd/<name> into dir.
+func build(dir, name string) (string, error) {
+	bin := filepath.Join(dir, name)
+	cmd := exec.Command("go", "build", "-o", bin, "./cmd/"+name)
 	cmd.Dir = repoRoot
 	if out, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("build caddy: %v\n%s", err, out)
+		return "", fmt.Errorf("build %s: %v\n%s", name, err, out)
 	}
 	return bin, nil
 }
@@ -151,6 +162,11 @@ type opencode struct {
 
 func startOpencode(tb testing.TB, model *fakeModel, password string) *opencode {
 	tb.Helper()
+	return startOpencodeBin(tb, opencodeBin, model, password)
+}
+
+func startOpencodeBin(tb testing.TB, bin string, model *fakeModel, password string) *opencode {
+	tb.Helper()
 	root := tb.TempDir()
 	dirs := map[string]string{}
 	for _, d := range []string{"home", "data", "config", "state", "cache", "work"} {
@@ -178,7 +194,7 @@ func startOpencode(tb testing.TB, model *fakeModel, password string) *opencode {
 	if password != "" {
 		env = append(env, "OPENCODE_SERVER_PASSWORD="+password)
 	}
-	p := startProcess(tb, "opencode", dirs["work"], env, opencodeBin,
+	p := startProcess(tb, "opencode", dirs["work"], env, bin,
 		"serve", "--hostname", "127.0.0.1", "--port", fmt.Sprint(port), "--print-logs")
 	return &opencode{process: p, URL: fmt.Sprintf("http://127.0.0.1:%d", port), Dir: dirs["work"], Password: password}
 }
@@ -193,11 +209,16 @@ type caddy struct {
 
 func startCaddy(tb testing.TB, upstream *opencode, extraEnv ...string) *caddy {
 	tb.Helper()
+	return startCaddyFor(tb, upstream.URL, extraEnv...)
+}
+
+func startCaddyFor(tb testing.TB, upstreamURL string, extraEnv ...string) *caddy {
+	tb.Helper()
 	data := tb.TempDir()
 	port := freePort(tb)
 	env := []string{
 		fmt.Sprintf("LISTEN=:%d", port),
-		"UPSTREAM=" + strings.TrimPrefix(upstream.URL, "http://"),
+		"UPSTREAM=" + strings.TrimPrefix(upstreamURL, "http://"),
 		fmt.Sprintf("ADMIN=localhost:%d", freePort(tb)),
 		"XDG_DATA_HOME=" + data, "XDG_CONFIG_HOME=" + data, "HOME=" + data,
 	}
@@ -244,4 +265,33 @@ func waitListening(tb testing.TB, url string, p *process) {
 		}
 	}
 	tb.Fatalf("%s did not listen on %s", p.name, addr)
+}
+
+// native is the reference native server, restartable on its port and data.
+type native struct {
+	*process
+	URL, data string
+	port      int
+	tb        testing.TB
+}
+
+func startNative(tb testing.TB) *native {
+	tb.Helper()
+	n := &native{data: tb.TempDir(), port: freePort(tb), tb: tb}
+	n.URL = fmt.Sprintf("http://127.0.0.1:%d", n.port)
+	n.start()
+	return n
+}
+
+func (n *native) start() {
+	n.tb.Helper()
+	n.process = startProcess(n.tb, "nativeserver", n.data, nil, nativeBin,
+		"-addr", fmt.Sprintf("127.0.0.1:%d", n.port), "-data", n.data)
+	waitListening(n.tb, n.URL, n.process)
+}
+
+func (n *native) restart() {
+	n.tb.Helper()
+	n.stop()
+	n.start()
 }

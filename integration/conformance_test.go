@@ -1,0 +1,305 @@
+package integration
+
+import (
+	"fmt"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// setup is one way of offering client-chosen session ids: a URL that clients
+// talk to, and what the conformance suite needs to look behind it.
+type setup struct {
+	name  string
+	url   string
+	reply string // what the assistant answers to "hello"
+	// backing counts the upstream sessions made for a client id.
+	backing func(t *testing.T, id string) int
+	// total counts all upstream sessions, to prove bad requests left it alone.
+	total func(t *testing.T) int
+	// restart restarts what holds the ids (Caddy, and a native upstream).
+	restart func(t *testing.T)
+	// skip names the behaviours the setup cannot offer, and why.
+	skip map[string]string
+}
+
+// behaviour is one row of the conformance table.
+type behaviour struct {
+	name string
+	run  func(t *testing.T, s *setup, id func(string) string)
+}
+
+var conformance = []behaviour{
+	{"create with id", func(t *testing.T, s *setup, id func(string) string) {
+		want := id("create")
+		r := call(t, "POST", s.url+"/session", map[string]any{"id": want, "title": "conformance"}, "")
+		var got session
+		r.json(t, &got)
+		if r.Status != 200 || got.ID != want || got.Title != "conformance" {
+			t.Fatalf("%d %s", r.Status, r.Body)
+		}
+		if got := call(t, "GET", s.url+"/session/"+want, nil, ""); got.Status != 200 {
+			t.Fatalf("GET by id: %d %s", got.Status, got.Body)
+		}
+	}},
+	{"replay returns the same session", func(t *testing.T, s *setup, id func(string) string) {
+		want := id("replay")
+		body := map[string]any{"id": want, "title": "same", "metadata": map[string]any{"k": "v"}}
+		first := call(t, "POST", s.url+"/session", body, "")
+		again := call(t, "POST", s.url+"/session", body, "")
+		if first.Status != 200 || again.Status != 200 || again.Header.Get("Idempotent-Replayed") != "true" {
+			t.Fatalf("first %d, replay %d %q %s", first.Status, again.Status, again.Header.Get("Idempotent-Replayed"), again.Body)
+		}
+		var a, b struct {
+			ID   string                  `json:"id"`
+			Time struct{ Created int64 } `json:"time"`
+		}
+		first.json(t, &a)
+		again.json(t, &b)
+		if a != b || s.backing(t, want) != 1 {
+			t.Fatalf("replay is another session: %s / %s", first.Body, again.Body)
+		}
+	}},
+	{"conflict names the differing fields", func(t *testing.T, s *setup, id func(string) string) {
+		want := id("conflict")
+		call(t, "POST", s.url+"/session", map[string]any{"id": want, "title": "a"}, "")
+		r := call(t, "POST", s.url+"/session", map[string]any{"id": want, "title": "b", "metadata": map[string]any{"x": 1}}, "")
+		var e struct {
+			Name string
+			Data struct{ Fields []string }
+		}
+		r.json(t, &e)
+		if r.Status != 409 || e.Name != "ConflictError" || !slices.Equal(e.Data.Fields, []string{"title", "metadata"}) {
+			t.Fatalf("%d %s", r.Status, r.Body)
+		}
+	}},
+	{"bad ids are 400 and leave the upstream alone", func(t *testing.T, s *setup, id func(string) string) {
+		checkBadIDs(t, s, "/session")
+	}},
+	{"bad ids on the v2 create are 400 too", func(t *testing.T, s *setup, id func(string) string) {
+		checkBadIDs(t, s, "/api/session")
+	}},
+	{"concurrent creates make one session", func(t *testing.T, s *setup, id func(string) string) {
+		want := id("concurrent")
+		var wg sync.WaitGroup
+		created := make([]string, 30)
+		for i := range created {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				r := call(t, "POST", s.url+"/session", map[string]any{"id": want, "title": "once"}, "")
+				var got struct {
+					ID   string
+					Time struct{ Created int64 }
+				}
+				r.json(t, &got)
+				created[i] = fmt.Sprintf("%d %s %d", r.Status, got.ID, got.Time.Created)
+			}()
+		}
+		wg.Wait()
+		for _, c := range created {
+			if c != created[0] || !strings.HasPrefix(c, "200 "+want+" ") {
+				t.Fatalf("answers differ: %q vs %q", c, created[0])
+			}
+		}
+		if n := s.backing(t, want); n != 1 {
+			t.Fatalf("%d upstream sessions for one id", n)
+		}
+	}},
+	{"prompt_async on the id, reply and events under the id", func(t *testing.T, s *setup, id func(string) string) {
+		want := id("prompt")
+		events := subscribe(t, s.url+"/event", "")
+		if r := call(t, "POST", s.url+"/session", map[string]any{"id": want}, ""); r.Status != 200 {
+			t.Fatalf("create: %d %s", r.Status, r.Body)
+		}
+		r := call(t, "POST", s.url+"/session/"+want+"/prompt_async",
+			map[string]any{"parts": []any{map[string]any{"type": "text", "text": "hello"}}}, "")
+		if r.Status != 204 {
+			t.Fatalf("prompt_async: %d %s", r.Status, r.Body)
+		}
+		events.until(t, 90*time.Second, func(e string) bool {
+			return strings.Contains(e, `"session.idle"`) && strings.Contains(e, `"sessionID":"`+want+`"`)
+		})
+		eventually(t, 10*time.Second, "the reply in the messages", func() bool {
+			m := call(t, "GET", s.url+"/session/"+want+"/message", nil, "")
+			return m.Status == 200 && strings.Contains(string(m.Body), s.reply) && strings.Contains(string(m.Body), `"sessionID":"`+want+`"`)
+		})
+	}},
+	{"delete then recreate", func(t *testing.T, s *setup, id func(string) string) {
+		want := id("delete")
+		call(t, "POST", s.url+"/session", map[string]any{"id": want, "title": "one"}, "")
+		if r := call(t, "DELETE", s.url+"/session/"+want, nil, ""); r.Status != 200 {
+			t.Fatalf("delete: %d %s", r.Status, r.Body)
+		}
+		if r := call(t, "GET", s.url+"/session/"+want, nil, ""); r.Status != http.StatusNotFound {
+			t.Fatalf("after delete: %d %s", r.Status, r.Body)
+		}
+		r := call(t, "POST", s.url+"/session", map[string]any{"id": want, "title": "two"}, "")
+		var got session
+		r.json(t, &got)
+		if r.Status != 200 || got.ID != want || got.Title != "two" || r.Header.Get("Idempotent-Replayed") != "" {
+			t.Fatalf("recreate: %d %s", r.Status, r.Body)
+		}
+		if n := s.backing(t, want); n != 1 {
+			t.Fatalf("%d upstream sessions after recreate", n)
+		}
+	}},
+	{"restart keeps the id", func(t *testing.T, s *setup, id func(string) string) {
+		want := id("restart")
+		call(t, "POST", s.url+"/session", map[string]any{"id": want, "title": "kept"}, "")
+		s.restart(t)
+		r := call(t, "GET", s.url+"/session/"+want, nil, "")
+		var got session
+		r.json(t, &got)
+		if r.Status != 200 || got.ID != want || got.Title != "kept" {
+			t.Fatalf("after restart: %d %s", r.Status, r.Body)
+		}
+		if again := call(t, "POST", s.url+"/session", map[string]any{"id": want, "title": "kept"}, ""); again.Header.Get("Idempotent-Replayed") != "true" {
+			t.Fatalf("create after restart is not a replay: %d %s", again.Status, again.Body)
+		}
+	}},
+	{"child with a chosen id", func(t *testing.T, s *setup, id func(string) string) {
+		parent, child := id("parent"), id("child")
+		call(t, "POST", s.url+"/session", map[string]any{"id": parent, "title": "parent"}, "")
+		r := call(t, "POST", s.url+"/session", map[string]any{"id": child, "parentID": parent, "title": "child"}, "")
+		var got session
+		r.json(t, &got)
+		if r.Status != 200 || got.ID != child || got.ParentID != parent {
+			t.Fatalf("child: %d %s", r.Status, r.Body)
+		}
+		var children []session
+		call(t, "GET", s.url+"/session/"+parent+"/children", nil, "").json(t, &children)
+		if len(children) != 1 || children[0].ID != child {
+			t.Fatalf("children: %+v", children)
+		}
+	}},
+}
+
+// badIDs are ids every setup must refuse, as JSON values.
+var badIDs = []string{`42`, `null`, `"abc"`, `"sesX"`, `"ses_"`, `"ses_a\u0000b"`, `"ses_a\nb"`, `"ses_a/b"`,
+	`"ses_../../etc"`, `"ses_café"`, `"ses_` + strings.Repeat("a", 65) + `"`}
+
+func checkBadIDs(t *testing.T, s *setup, route string) {
+	before := s.total(t)
+	for _, bad := range badIDs {
+		r := call(t, "POST", s.url+route, `{"id":`+bad+`}`, "")
+		if r.Status != 400 || !strings.Contains(string(r.Body), `"BadRequest"`) {
+			t.Errorf("POST %s id %s: %d %s", route, bad, r.Status, r.Body)
+		}
+	}
+	if after := s.total(t); after != before {
+		t.Fatalf("upstream went from %d to %d sessions", before, after)
+	}
+}
+
+// runConformance runs every behaviour against a setup; a behaviour the setup
+// cannot offer is skipped with its documented reason.
+func runConformance(t *testing.T, s *setup) {
+	for i, b := range conformance {
+		t.Run(b.name, func(t *testing.T) {
+			if reason, ok := s.skip[b.name]; ok {
+				t.Skip(reason)
+			}
+			n := 0
+			id := func(name string) string {
+				n++
+				return fmt.Sprintf("ses_%s_%d_%d_%d", name, i, n, time.Now().UnixNano()%1e9)
+			}
+			b.run(t, s, id)
+		})
+	}
+}
+
+// opencodeSetup is a setup whose upstream is a stock opencode; real ids are
+// found by the tag in their metadata (mapping) or are the ids (direct).
+func opencodeSetup(name string, oc *opencode, proxy *caddy, mapped bool) *setup {
+	return &setup{
+		name:  name,
+		url:   proxy.URL,
+		reply: ModelReply,
+		backing: func(t *testing.T, id string) int {
+			if mapped {
+				return len(upstreamSessionsOf(t, oc, id))
+			}
+			var all []session
+			call(t, "GET", oc.URL+"/session", nil, "").json(t, &all)
+			n := 0
+			for _, s := range all {
+				if s.ID == id {
+					n++
+				}
+			}
+			return n
+		},
+		total:   func(t *testing.T) int { return upstreamSessionCount(t, oc) },
+		restart: func(t *testing.T) { proxy.restart(true) },
+	}
+}
+
+func nativeSetup(name, url string, n *native, restart func(t *testing.T)) *setup {
+	return &setup{
+		name:  name,
+		url:   url,
+		reply: "Reference reply: hello",
+		backing: func(t *testing.T, id string) int {
+			if call(t, "GET", n.URL+"/session/"+id, nil, "").Status == 200 {
+				return 1
+			}
+			return 0
+		},
+		total: func(t *testing.T) int {
+			var all []session
+			call(t, "GET", n.URL+"/session", nil, "").json(t, &all)
+			return len(all)
+		},
+		restart: restart,
+	}
+}
+
+func TestConformance(t *testing.T) {
+	model := startFakeModel(t)
+	oc := startOpencode(t, model, "")
+
+	t.Run("mapping mode, stock opencode "+OpencodeVersion, func(t *testing.T) {
+		runConformance(t, opencodeSetup(t.Name(), oc, startCaddy(t, oc), true))
+	})
+	t.Run("direct mode, stock opencode "+OpencodeVersion, func(t *testing.T) {
+		runConformance(t, opencodeSetup(t.Name(), oc, startCaddy(t, oc, "MODE=direct"), false))
+	})
+	t.Run("direct mode, native server", func(t *testing.T) {
+		n := startNative(t)
+		proxy := startCaddyFor(t, n.URL, "MODE=direct")
+		runConformance(t, nativeSetup(t.Name(), proxy.URL, n, func(t *testing.T) {
+			n.restart()
+			proxy.restart(true)
+		}))
+	})
+	t.Run("native server alone", func(t *testing.T) {
+		n := startNative(t)
+		s := nativeSetup(t.Name(), n.URL, n, func(t *testing.T) { n.restart() })
+		s.skip = map[string]string{
+			"bad ids on the v2 create are 400 too": "the native server serves the v1 session API only; it has no POST /api/session (behind the module in direct mode, it does)",
+		}
+		runConformance(t, s)
+	})
+	t.Run("mapping mode, stock opencode "+LegacyOpencodeVersion, func(t *testing.T) {
+		bin, err := findOrInstallOpencode(LegacyOpencodeVersion)
+		if err != nil {
+			t.Fatal(err)
+		}
+		legacy := startOpencodeBin(t, bin, model, "")
+		s := opencodeSetup(t.Name(), legacy, startCaddy(t, legacy), true)
+		// 1.15 keeps no session metadata, where mapping mode tags sessions;
+		// find them by id through the proxy instead.
+		s.backing = func(t *testing.T, id string) int {
+			if call(t, "GET", s.url+"/session/"+id, nil, "").Status == 200 {
+				return 1
+			}
+			return 0
+		}
+		runConformance(t, s)
+	})
+}
