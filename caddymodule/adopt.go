@@ -1,8 +1,11 @@
 package caddymodule
 
 import (
+	"bytes"
 	"encoding/json"
+	"errors"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -11,15 +14,50 @@ import (
 	"github.com/sessionid/caddy-sessionid/idmap"
 )
 
+// orphanWindow bounds when the session of an interrupted create can have been
+// created, relative to its pending record: a little before (clock skew
+// between Caddy and the upstream) and up to the proxy's retry budget after.
+const (
+	orphanBefore = 2 * time.Second
+	orphanAfter  = 2 * time.Minute
+)
+
+// listedSession is what adoption reads of an upstream session.
+type listedSession struct {
+	ID       string                     `json:"id"`
+	ParentID string                     `json:"parentID"`
+	Title    string                     `json:"title"`
+	Metadata map[string]json.RawMessage `json:"metadata"`
+	Time     struct {
+		Created int64 `json:"created"`
+	} `json:"time"`
+	raw json.RawMessage
+}
+
 // adoptOrphan finishes a create that an earlier attempt left pending: the
-// upstream may hold a session tagged with the client id that was never
-// mapped, because the process stopped between the upstream's answer and the
-// mapping write. Such a session is mapped and returned when it was made with
-// the fields asked for now; otherwise it is deleted, so that the create that
-// follows leaves one session for the id. It reports true when it answered.
+// upstream may hold a session for the client id that was never mapped,
+// because the process stopped between the upstream's answer and the mapping
+// write. It reports true when it answered.
+//
+// Upstreams that keep metadata carry the client id in the session's
+// metadata, and that session is the orphan. One made with the fields asked
+// for now is mapped and returned; one made with other fields is deleted, so
+// that the create that follows leaves one session for the id.
+//
+// Upstreams that keep no metadata (opencode 1.15) cannot be told which
+// session is the orphan, only which could be: an unmapped session created in
+// the pending create's time window with its title and parent. Exactly one
+// such candidate is adopted; with none or several, nothing is adopted or
+// deleted, because mapping a client id to someone else's session would be
+// worse than leaving an orphan behind.
 func (h *Handler) adoptOrphan(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, req *createRequest, pending idmap.Pending) (bool, error) {
 	ctx := r.Context()
 	log := h.logger.With(zap.String("session_id", req.id))
+	upstream, err := h.probe.detect(r, next)
+	if err != nil {
+		upstreamFailed(w, failureStatus(err), "upstream could not be asked what it supports: "+err.Error())
+		return true, nil
+	}
 	answer, err := askUpstream(r, next, http.MethodGet, "/session", pending.Query, nil)
 	if err != nil {
 		upstreamFailed(w, failureStatus(err), "upstream could not be searched for an interrupted create: "+err.Error())
@@ -29,19 +67,36 @@ func (h *Handler) adoptOrphan(w http.ResponseWriter, r *http.Request, next caddy
 		h.relay(w, r, answer, false)
 		return true, nil
 	}
-	var sessions []json.RawMessage
-	if err := json.Unmarshal(answer.body.Bytes(), &sessions); err != nil {
+	var listed []json.RawMessage
+	if err := json.Unmarshal(answer.body.Bytes(), &listed); err != nil {
 		upstreamFailed(w, http.StatusBadGateway, "upstream session list is not a JSON array")
 		return true, nil
 	}
-	for _, raw := range sessions {
-		var s struct {
-			ID       string                     `json:"id"`
-			Metadata map[string]json.RawMessage `json:"metadata"`
-		}
-		if json.Unmarshal(raw, &s) != nil || string(s.Metadata[MetadataTag]) != quoted(req.id) || !idmap.IsToken(s.ID) {
+	var tagged, candidates []listedSession
+	for _, raw := range listed {
+		var s listedSession
+		if json.Unmarshal(raw, &s) != nil || !idmap.IsToken(s.ID) {
 			continue
 		}
+		s.raw = raw
+		switch {
+		case string(s.Metadata[MetadataTag]) == quoted(req.id):
+			tagged = append(tagged, s)
+		case !upstream.metadata && h.couldBeOrphan(r, s, pending):
+			candidates = append(candidates, s)
+		}
+	}
+	if len(tagged) == 0 && len(candidates) > 0 {
+		if len(candidates) > 1 {
+			log.Warn("an interrupted create may have left a session upstream, but several match; creating a new one", zap.Int("candidates", len(candidates)))
+			return false, nil
+		}
+		if len(pending.Fields.Diff(req.fields)) > 0 {
+			return false, nil
+		}
+		tagged = candidates
+	}
+	for _, s := range tagged {
 		if diff := pending.Fields.Diff(req.fields); len(diff) > 0 {
 			log.Info("deleting the session of an interrupted create made with other fields", zap.String("real_id", s.ID), zap.Strings("fields", diff))
 			gone, err := askUpstream(r, next, http.MethodDelete, "/session/"+s.ID, "", nil)
@@ -59,11 +114,43 @@ func (h *Handler) adoptOrphan(w http.ResponseWriter, r *http.Request, next caddy
 		_ = h.index.Store.RemovePending(ctx, req.id)
 		log.Info("adopted the session of an interrupted create", zap.String("real_id", s.ID))
 		adopted := &upstreamAnswer{status: http.StatusOK, header: answer.header}
-		adopted.body.Write(raw)
+		adopted.body.Write(s.raw)
+		if req.v2 {
+			if adopted, err = h.sessionAnswer(r, next, s.ID, true); err != nil {
+				upstreamFailed(w, failureStatus(err), "the session was adopted but could not be read back: "+err.Error())
+				return true, nil
+			}
+		}
 		h.relay(w, r, adopted, false)
 		return true, nil
 	}
 	return false, nil
+}
+
+// couldBeOrphan reports whether an untagged session may be the one a pending
+// create made: created in its window, not mapped, with its title and parent.
+func (h *Handler) couldBeOrphan(r *http.Request, s listedSession, pending idmap.Pending) bool {
+	created := time.UnixMilli(s.Time.Created)
+	if created.Before(pending.Started.Add(-orphanBefore)) || created.After(pending.Started.Add(orphanAfter)) {
+		return false
+	}
+	if _, err := h.index.Store.ClientOf(r.Context(), s.ID); !errors.Is(err, idmap.ErrNotFound) {
+		return false
+	}
+	if title, ok := pending.Fields["title"]; ok {
+		if !bytes.Equal(title, []byte(quoted(s.Title))) {
+			return false
+		}
+	} else if !strings.HasPrefix(s.Title, "New session - ") && !strings.HasPrefix(s.Title, "Child session - ") {
+		return false
+	}
+	var parent string
+	_ = json.Unmarshal(pending.Fields["parentID"], &parent)
+	if parent == "" {
+		return s.ParentID == ""
+	}
+	realParent, mapped, err := h.index.RealOf(r.Context(), parent)
+	return err == nil && mapped && realParent == s.ParentID
 }
 
 func quoted(s string) string {

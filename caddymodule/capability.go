@@ -36,10 +36,16 @@ func (c capability) String() string {
 // is still starting is asked again.
 type capabilityProbe struct {
 	mu       sync.Mutex
-	known    capability
-	replay   bool // POST /sync/replay exists: children can get a chosen id
-	refusal  error
+	features features
 	detected bool
+}
+
+// features is what the probe learns of an upstream.
+type features struct {
+	idRoute  capability // how it creates under a chosen id, if it can
+	replay   bool       // POST /sync/replay exists: children can get a chosen id
+	metadata bool       // POST /session keeps metadata, so sessions can be tagged
+	refusal  error      // why direct mode cannot work with it
 }
 
 // errNoIDRoute is the refusal for an upstream without an id-accepting create.
@@ -50,28 +56,28 @@ func (e errNoIDRoute) Error() string {
 		e.reason + "; use mode mapping for this upstream"
 }
 
-func (p *capabilityProbe) detect(r *http.Request, next caddyhttp.Handler) (capability, bool, error) {
+func (p *capabilityProbe) detect(r *http.Request, next caddyhttp.Handler) (features, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.detected {
-		return p.known, p.replay, p.refusal
+		return p.features, nil
 	}
 	answer, err := askUpstream(r, next, http.MethodGet, "/doc", "", nil)
 	if err != nil {
-		return 0, false, err
+		return features{}, err
 	}
-	p.known, p.replay, p.refusal = capabilityOf(answer)
+	p.features = featuresOf(answer)
 	p.detected = true
-	return p.known, p.replay, p.refusal
+	return p.features, nil
 }
 
-// capabilityOf reads an OpenAPI document. opencode 1.15 answers unknown
+// featuresOf reads an OpenAPI document. opencode 1.15 answers unknown
 // routes with its web UI's HTML and a 200, so only a JSON document that
 // declares "id" on a create body counts.
-func capabilityOf(answer *upstreamAnswer) (capability, bool, error) {
+func featuresOf(answer *upstreamAnswer) features {
 	media, _, _ := mime.ParseMediaType(answer.header.Get("Content-Type"))
 	if !answer.ok() || media != "application/json" {
-		return 0, false, errNoIDRoute{fmt.Sprintf("its GET /doc answered %d %q, not an OpenAPI document", answer.status, media)}
+		return features{refusal: errNoIDRoute{fmt.Sprintf("its GET /doc answered %d %q, not an OpenAPI document", answer.status, media)}}
 	}
 	var doc struct {
 		Paths map[string]map[string]struct {
@@ -85,18 +91,21 @@ func capabilityOf(answer *upstreamAnswer) (capability, bool, error) {
 		} `json:"paths"`
 	}
 	if err := json.Unmarshal(answer.body.Bytes(), &doc); err != nil {
-		return 0, false, errNoIDRoute{"its GET /doc is not valid JSON"}
+		return features{refusal: errNoIDRoute{"its GET /doc is not valid JSON"}}
 	}
-	takesID := func(path string) bool {
-		_, ok := doc.Paths[path]["post"].RequestBody.Content["application/json"].Schema.Properties["id"]
+	takes := func(path, field string) bool {
+		_, ok := doc.Paths[path]["post"].RequestBody.Content["application/json"].Schema.Properties[field]
 		return ok
 	}
-	_, replay := doc.Paths["/sync/replay"]["post"]
+	f := features{metadata: takes("/session", "metadata")}
+	_, f.replay = doc.Paths["/sync/replay"]["post"]
 	switch {
-	case takesID("/session"):
-		return capNative, true, nil
-	case takesID("/api/session"):
-		return capOpencodeV2, replay, nil
+	case takes("/session", "id"):
+		f.idRoute, f.replay = capNative, true
+	case takes("/api/session", "id"):
+		f.idRoute = capOpencodeV2
+	default:
+		f.refusal = errNoIDRoute{"its GET /doc declares no id on POST /session or POST /api/session"}
 	}
-	return 0, false, errNoIDRoute{"its GET /doc declares no id on POST /session or POST /api/session"}
+	return f
 }

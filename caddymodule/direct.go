@@ -46,17 +46,17 @@ func (h *Handler) createDirect(w http.ResponseWriter, r *http.Request, next cadd
 		return nil
 	}
 
-	capability, replay, err := h.probe.detect(r, next)
+	upstream, err := h.probe.detect(r, next)
 	if err != nil {
-		var refusal errNoIDRoute
-		if errors.As(err, &refusal) {
-			log.Error("direct mode cannot work with this upstream", zap.Error(err))
-			upstreamFailed(w, http.StatusNotImplemented, err.Error())
-		} else {
-			upstreamFailed(w, failureStatus(err), "upstream could not be asked what it supports: "+err.Error())
-		}
+		upstreamFailed(w, failureStatus(err), "upstream could not be asked what it supports: "+err.Error())
 		return nil
 	}
+	if upstream.refusal != nil {
+		log.Error("direct mode cannot work with this upstream", zap.Error(upstream.refusal))
+		upstreamFailed(w, http.StatusNotImplemented, upstream.refusal.Error())
+		return nil
+	}
+	capability := upstream.idRoute
 
 	pending, err := h.index.Store.LoadPending(ctx, req.id)
 	pendingFound := err == nil
@@ -104,7 +104,7 @@ func (h *Handler) createDirect(w http.ResponseWriter, r *http.Request, next cadd
 		raw, _ := json.Marshal(body)
 		answer, err = askUpstream(r, next, http.MethodPost, "/session", r.URL.RawQuery, raw)
 	case req.parentID() != "":
-		if !replay {
+		if !upstream.replay {
 			upstreamFailed(w, http.StatusNotImplemented, "the upstream cannot create a child session under a chosen id (no POST /sync/replay)")
 			return nil
 		}

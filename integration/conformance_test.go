@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"slices"
@@ -8,6 +9,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/sessionid/caddy-sessionid/idmap"
 )
 
 // setup is one way of offering client-chosen session ids: a URL that clients
@@ -262,6 +265,7 @@ func nativeSetup(name, url string, n *native, restart func(t *testing.T)) *setup
 func TestConformance(t *testing.T) {
 	model := startFakeModel(t)
 	oc := startOpencode(t, model, "")
+	oc.waitHealthy(t)
 
 	t.Run("mapping mode, stock opencode "+OpencodeVersion, func(t *testing.T) {
 		runConformance(t, opencodeSetup(t.Name(), oc, startCaddy(t, oc), true))
@@ -291,7 +295,9 @@ func TestConformance(t *testing.T) {
 			t.Fatal(err)
 		}
 		legacy := startOpencodeBin(t, bin, model, "")
-		s := opencodeSetup(t.Name(), legacy, startCaddy(t, legacy), true)
+		proxy := startCaddy(t, legacy)
+		legacy.waitHealthy(t)
+		s := opencodeSetup(t.Name(), legacy, proxy, true)
 		// 1.15 keeps no session metadata, where mapping mode tags sessions;
 		// find them by id through the proxy instead.
 		s.backing = func(t *testing.T, id string) int {
@@ -301,5 +307,59 @@ func TestConformance(t *testing.T) {
 			return 0
 		}
 		runConformance(t, s)
+		t.Run("an interrupted create is adopted without metadata", func(t *testing.T) {
+			clientID := fmt.Sprintf("ses_legacy_orphan_%d", time.Now().UnixNano())
+			writePending(t, proxy, clientID, idmap.Fields{"title": json.RawMessage(`"legacy orphan"`)})
+			var orphan session
+			call(t, "POST", legacy.URL+"/session", map[string]any{"title": "legacy orphan"}, "").json(t, &orphan)
+			before := upstreamSessionCount(t, legacy)
+			r := call(t, "POST", proxy.URL+"/session", map[string]any{"id": clientID, "title": "legacy orphan"}, "")
+			var got session
+			r.json(t, &got)
+			if r.Status != 200 || got.ID != clientID {
+				t.Fatalf("retry: %d %s", r.Status, r.Body)
+			}
+			if after := upstreamSessionCount(t, legacy); after != before {
+				t.Fatalf("the retry made another session (%d -> %d)", before, after)
+			}
+			direct := call(t, "GET", legacy.URL+"/session/"+orphan.ID, nil, "")
+			proxied := call(t, "GET", proxy.URL+"/session/"+clientID, nil, "")
+			if strings.Replace(string(direct.Body), orphan.ID, clientID, -1) != string(proxied.Body) {
+				t.Fatalf("the id is not mapped to the orphan:\n%s\n%s", direct.Body, proxied.Body)
+			}
+		})
+		t.Run("direct mode refuses an upstream without an id route", func(t *testing.T) {
+			direct := startCaddy(t, legacy, "MODE=direct")
+			before := upstreamSessionCount(t, legacy)
+			r := call(t, "POST", direct.URL+"/session", map[string]any{"id": "ses_refused"}, "")
+			if r.Status != http.StatusNotImplemented || !strings.Contains(string(r.Body), "use mode mapping") {
+				t.Fatalf("direct create on %s: %d %s", LegacyOpencodeVersion, r.Status, r.Body)
+			}
+			if after := upstreamSessionCount(t, legacy); after != before {
+				t.Fatalf("a refused create changed the upstream (%d -> %d)", before, after)
+			}
+			if !strings.Contains(direct.out.String(), "direct mode cannot work with this upstream") {
+				t.Fatal("the refusal is not in Caddy's log")
+			}
+		})
+	})
+
+	t.Run("direct mode finishes an interrupted create", func(t *testing.T) {
+		proxy := startCaddy(t, oc, "MODE=direct")
+		clientID := fmt.Sprintf("ses_direct_orphan_%d", time.Now().UnixNano())
+		writePending(t, proxy, clientID, idmap.Fields{"title": json.RawMessage(`"finished"`)})
+		// The v2 create happened; the PATCH with the title and the record did not.
+		if r := call(t, "POST", oc.URL+"/api/session", map[string]any{"id": clientID}, ""); r.Status != 200 {
+			t.Fatalf("v2 create: %d %s", r.Status, r.Body)
+		}
+		r := call(t, "POST", proxy.URL+"/session", map[string]any{"id": clientID, "title": "finished"}, "")
+		var got session
+		r.json(t, &got)
+		if r.Status != 200 || got.ID != clientID || got.Title != "finished" {
+			t.Fatalf("retry: %d %s", r.Status, r.Body)
+		}
+		if again := call(t, "POST", proxy.URL+"/session", map[string]any{"id": clientID, "title": "finished"}, ""); again.Header.Get("Idempotent-Replayed") != "true" {
+			t.Fatalf("not recorded: %d %s", again.Status, again.Body)
+		}
 	})
 }

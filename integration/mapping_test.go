@@ -19,6 +19,7 @@ func TestMappingMode(t *testing.T) {
 	model := startFakeModel(t)
 	oc := startOpencode(t, model, "")
 	proxy := startCaddy(t, oc)
+	oc.waitHealthy(t)
 	id := func(name string) string { return fmt.Sprintf("ses_%s_%d", name, time.Now().UnixNano()) }
 
 	t.Run("the seed flow: create with an id, prompt it, see the reply under that id", func(t *testing.T) {
@@ -237,15 +238,7 @@ func TestMappingMode(t *testing.T) {
 		// The state a crash between the upstream create and the mapping write
 		// leaves: a pending record and a tagged upstream session, no mapping.
 		clientID := id("orphan")
-		fields := idmap.Fields{"title": json.RawMessage(`"orphan"`)}
-		pending, _ := json.Marshal(idmap.Pending{ClientID: clientID, Fields: fields, Started: time.Now()})
-		path := filepath.Join(proxy.DataDir, "caddy", idmap.StorageRoot, "default", "pending", clientID)
-		if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(path, pending, 0o600); err != nil {
-			t.Fatal(err)
-		}
+		path := writePending(t, proxy, clientID, idmap.Fields{"title": json.RawMessage(`"orphan"`)})
 		var orphan session
 		call(t, "POST", oc.URL+"/session", map[string]any{"title": "orphan", "metadata": map[string]any{"clientSessionID": clientID}}, "").json(t, &orphan)
 
@@ -295,6 +288,21 @@ func TestMappingMode(t *testing.T) {
 			t.Fatalf("unmapped session changed on its way:\n%s\n%s", direct.Body, proxied.Body)
 		}
 	})
+}
+
+// writePending leaves the pending record a create interrupted after its
+// upstream call would leave, and returns its path.
+func writePending(t *testing.T, proxy *caddy, clientID string, fields idmap.Fields) string {
+	t.Helper()
+	pending, _ := json.Marshal(idmap.Pending{ClientID: clientID, Fields: fields, Started: time.Now()})
+	path := filepath.Join(proxy.DataDir, "caddy", idmap.StorageRoot, "default", "pending", clientID)
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, pending, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
 }
 
 // TestCreateAtSpawnWithBasicAuth starts opencode (with a password) and Caddy

@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -294,4 +295,28 @@ func (n *native) restart() {
 	n.tb.Helper()
 	n.stop()
 	n.start()
+}
+
+// waitHealthy polls /global/health with short timeouts (opencode hangs
+// requests for a while after it starts listening) until it answers 200.
+// Tests that talk to the upstream directly wait for it; requests through
+// Caddy need not.
+func (oc *opencode) waitHealthy(tb testing.TB) {
+	tb.Helper()
+	client := &http.Client{Timeout: 500 * time.Millisecond}
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) {
+		req, _ := http.NewRequest("GET", oc.URL+"/global/health", nil)
+		if oc.Password != "" {
+			req.SetBasicAuth("opencode", oc.Password)
+		}
+		if resp, err := client.Do(req); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	tb.Fatalf("opencode at %s not healthy within 60 s:\n%s", oc.URL, tail(oc.out.String(), 4096))
 }
