@@ -113,6 +113,7 @@ func (h *Handler) adoptOrphan(w http.ResponseWriter, r *http.Request, next caddy
 		}
 		_ = h.index.Store.RemovePending(ctx, req.id)
 		log.Info("adopted the session of an interrupted create", zap.String("real_id", s.ID))
+		h.count(sessionMetrics.adopted)
 		adopted := &upstreamAnswer{status: http.StatusOK, header: answer.header}
 		adopted.body.Write(s.raw)
 		if req.v2 {

@@ -31,6 +31,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		max_buffer_size <size>
 //		cache_entries   <count>
 //		negative_ttl    <duration>
+//		create_missing  [true|false]
 //	}
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // the directive name
@@ -39,6 +40,20 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	}
 	for d.NextBlock(0) {
 		option := d.Val()
+		if option == "create_missing" {
+			h.CreateMissing = true
+			if d.NextArg() {
+				v, err := strconv.ParseBool(d.Val())
+				if err != nil {
+					return d.Errf("bad create_missing %q: want true or false", d.Val())
+				}
+				h.CreateMissing = v
+			}
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			continue
+		}
 		if !d.NextArg() {
 			return d.ArgErr()
 		}

@@ -101,6 +101,7 @@ func (h *Handler) parseCreate(w http.ResponseWriter, r *http.Request, raw []byte
 		return nil, true
 	}
 	if invalid != nil {
+		h.count(sessionMetrics.invalidIDs)
 		badRequest(w, invalid.Error(), map[string]any{"field": "id", "rule": invalid.Rule})
 		return nil, false
 	}
@@ -138,6 +139,7 @@ func (h *Handler) parseCreateV2(w http.ResponseWriter, r *http.Request, raw []by
 		return nil, true
 	}
 	if invalid != nil {
+		h.count(sessionMetrics.invalidIDs)
 		badRequest(w, invalid.Error(), map[string]any{"field": "id", "rule": invalid.Rule})
 		return nil, false
 	}
@@ -263,6 +265,7 @@ func (h *Handler) create(w http.ResponseWriter, r *http.Request, next caddyhttp.
 		log.Warn("could not remove pending create record", zap.Error(err))
 	}
 	log.Info("session created", zap.String("real_id", realID))
+	h.count(sessionMetrics.creates)
 	if req.v2 {
 		if answer, err = h.sessionAnswer(r, next, realID, true); err != nil {
 			upstreamFailed(w, failureStatus(err), "the session was created but could not be read back: "+err.Error())
@@ -279,6 +282,7 @@ func (h *Handler) create(w http.ResponseWriter, r *http.Request, next caddyhttp.
 func (h *Handler) answerDuplicate(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, req *createRequest, m idmap.Mapping) (bool, error) {
 	decision := h.duplicates.Decide(m.Fields, req.fields)
 	if !decision.Replay {
+		h.count(sessionMetrics.conflicts)
 		if len(decision.Differ) > 0 {
 			conflict(w, req.id, fmt.Sprintf("session %s exists with a different %s", req.id, strings.Join(decision.Differ, ", ")), decision.Differ)
 		} else {
@@ -294,6 +298,9 @@ func (h *Handler) answerDuplicate(w http.ResponseWriter, r *http.Request, next c
 	if answer.status == http.StatusNotFound {
 		return false, nil
 	}
+	if answer.ok() {
+		h.count(sessionMetrics.replays)
+	}
 	h.relay(w, r, answer, answer.ok())
 	return true, nil
 }
@@ -304,6 +311,7 @@ func (h *Handler) answerDuplicate(w http.ResponseWriter, r *http.Request, next c
 func (h *Handler) idTaken(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, id string) (bool, error) {
 	_, err := h.index.Store.ClientOf(r.Context(), id)
 	if err == nil {
+		h.count(sessionMetrics.conflicts)
 		conflict(w, id, fmt.Sprintf("session id %s is already used by another session", id), nil)
 		return true, nil
 	}
@@ -318,6 +326,7 @@ func (h *Handler) idTaken(w http.ResponseWriter, r *http.Request, next caddyhttp
 	}
 	switch {
 	case answer.ok():
+		h.count(sessionMetrics.conflicts)
 		conflict(w, id, fmt.Sprintf("session id %s is already used by an upstream session", id), nil)
 		return true, nil
 	case answer.status != http.StatusNotFound:

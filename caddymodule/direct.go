@@ -74,6 +74,7 @@ func (h *Handler) createDirect(w http.ResponseWriter, r *http.Request, next cadd
 		// finish it when it was asked for with these fields, else replace it.
 		if len(pending.Fields.Diff(req.fields)) == 0 {
 			log.Info("finishing an interrupted create")
+			h.count(sessionMetrics.adopted)
 			return h.finishDirect(w, r, next, req, capability)
 		}
 		log.Info("deleting the session of an interrupted create made with other fields")
@@ -85,6 +86,7 @@ func (h *Handler) createDirect(w http.ResponseWriter, r *http.Request, next cadd
 	}
 	switch {
 	case existing.ok():
+		h.count(sessionMetrics.conflicts)
 		conflict(w, req.id, fmt.Sprintf("session id %s is already used by an upstream session", req.id), nil)
 		return nil
 	case existing.status != http.StatusNotFound:
@@ -153,6 +155,7 @@ func (h *Handler) finishDirect(w http.ResponseWriter, r *http.Request, next cadd
 		h.logger.Warn("could not remove pending create record", zap.String("session_id", req.id), zap.Error(err))
 	}
 	h.logger.Info("session created", zap.String("session_id", req.id))
+	h.count(sessionMetrics.creates)
 	answer, err := h.sessionAnswer(r, next, req.id, req.v2)
 	if err != nil {
 		upstreamFailed(w, failureStatus(err), "the session was created but could not be read back: "+err.Error())

@@ -72,6 +72,15 @@ type Handler struct {
 	// cached is read from storage. Default: 100000.
 	CacheEntries int64 `json:"cache_entries,omitempty"`
 
+	// CreateMissing makes a request that names a well-formed session id that
+	// does not exist yet create that session first, with the same
+	// exactly-once and durability rules as an explicit create, so that
+	// `opencode run --attach <caddy> --session <new id>` works. It applies to
+	// GET /session/{id}, GET and POST /session/{id}/message and POST
+	// /session/{id}/prompt_async, /command and /shell. Each such request for
+	// an id the handler has not mapped costs one upstream GET. Default: off.
+	CreateMissing bool `json:"create_missing,omitempty"`
+
 	// NegativeTTL is how long the handler remembers that an id is not mapped,
 	// which spares a storage read for every unmapped id in a response. Mappings
 	// made through this Caddy instance are visible at once regardless; one made
@@ -143,16 +152,25 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.duplicates = policy
 	h.probe = new(capabilityProbe)
 
+	if err := registerMetrics(ctx.GetMetricsRegistry()); err != nil {
+		return err
+	}
 	storage := ctx.Storage()
 	// Settings that shape the index are part of the key, so a reload that
 	// changes them gets a new index instead of silently keeping the old one.
 	h.poolKey = fmt.Sprintf("%s|%s|%d|%s", h.Namespace, storageIdentity(storage), h.CacheEntries, time.Duration(h.NegativeTTL))
 	value, _, err := indexes.LoadOrNew(h.poolKey, func() (caddy.Destructor, error) {
-		index, err := idmap.NewIndex(idmap.NewStore(storage, h.Namespace), idmap.IndexConfig{
+		store := idmap.NewStore(storage, h.Namespace)
+		store.Observe = observeStorage(h.Namespace)
+		index, err := idmap.NewIndex(store, idmap.IndexConfig{
 			CacheEntries: h.CacheEntries,
 			NegativeTTL:  time.Duration(h.NegativeTTL),
 		})
-		return pooledIndex{index}, err
+		if err != nil {
+			return nil, err
+		}
+		index.OnLookup = observeLookup(h.Namespace)
+		return pooledIndex{index}, nil
 	})
 	if err != nil {
 		return err

@@ -156,8 +156,12 @@ func (h *Handler) toUpstream(w http.ResponseWriter, r *http.Request, body []byte
 		}
 	}
 	if body != nil {
-		if b, changed := idmap.Replace(body, lookup.lookup); changed {
-			body = b
+		rewriter := idmap.NewRewriter(lookup.lookup)
+		if rewritten := rewriter.Append(make([]byte, 0, len(body)+64), body, true); rewriter.Replaced() > 0 {
+			h.countRewrite("request", len(body), rewriter.Replaced())
+			body = rewritten
+		} else {
+			h.countRewrite("request", len(body), 0)
 		}
 		setBody(r, body)
 		r.TransferEncoding = nil

@@ -31,8 +31,9 @@ type rewritingWriter struct {
 	w         http.ResponseWriter
 	lookup    *lookupFunc
 	maxBuffer int64
-	onReplace func(n int64)
+	report    func(bytes int, ids int64) // what went through the rewriter
 
+	scanned int // bytes given to the rewriter
 	mode    responseMode
 	status  int
 	stream  *idmap.Writer
@@ -99,6 +100,7 @@ func (rw *rewritingWriter) Write(p []byte) (int, error) {
 	}
 	switch rw.mode {
 	case streaming:
+		rw.scanned += len(p)
 		return rw.stream.Write(p)
 	case buffering:
 		if int64(rw.buf.Len()+len(p)) > rw.maxBuffer {
@@ -161,7 +163,7 @@ func (rw *rewritingWriter) finish() error {
 	switch rw.mode {
 	case streaming:
 		err := rw.stream.Close()
-		rw.report(rw.stream.Replaced())
+		rw.finished(rw.scanned, rw.stream.Replaced())
 		return err
 	case buffering:
 		body := rw.buf.Bytes()
@@ -178,7 +180,7 @@ func (rw *rewritingWriter) finish() error {
 		}
 		rewriter := idmap.NewRewriter(rw.lookup.lookup)
 		out := rewriter.Append(make([]byte, 0, len(body)+64), body, true)
-		rw.report(rewriter.Replaced())
+		rw.finished(len(body), rewriter.Replaced())
 		h.Set("Content-Length", strconv.Itoa(len(out)))
 		rw.w.WriteHeader(rw.status)
 		_, err := rw.w.Write(out)
@@ -187,9 +189,9 @@ func (rw *rewritingWriter) finish() error {
 	return nil
 }
 
-func (rw *rewritingWriter) report(n int64) {
-	if n > 0 && rw.onReplace != nil {
-		rw.onReplace(n)
+func (rw *rewritingWriter) finished(bytes int, ids int64) {
+	if rw.report != nil {
+		rw.report(bytes, ids)
 	}
 }
 

@@ -17,10 +17,19 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return next.ServeHTTP(w, r)
 	}
 	switch {
+	case r.Method == http.MethodGet && r.URL.Path == "/doc":
+		return h.serveDoc(w, r, next)
 	case r.Method == http.MethodPost && (r.URL.Path == "/session" || r.URL.Path == "/api/session"):
 		return h.serveCreate(w, r, next)
 	case r.Method == http.MethodDelete && isSessionItem(r.URL.Path):
 		return h.serveDelete(w, r, next)
+	}
+	if h.CreateMissing {
+		if id, ok := createMissingTarget(r); ok {
+			if answered := h.createMissing(w, r, next, id); answered {
+				return nil
+			}
+		}
 	}
 	return h.proxy(w, r, next, nil)
 }
@@ -49,6 +58,7 @@ func (h *Handler) proxy(w http.ResponseWriter, r *http.Request, next caddyhttp.H
 		w:         w,
 		lookup:    &lookupFunc{resolve: h.index.ClientOf, ctx: r.Context()},
 		maxBuffer: h.MaxBufferSize,
+		report:    func(bytes int, ids int64) { h.countRewrite("response", bytes, ids) },
 	}
 	err := next.ServeHTTP(rw, r)
 	if rw.lookup.err != nil {

@@ -29,6 +29,8 @@ import (
 type Index struct {
 	Store       *Store
 	NegativeTTL time.Duration
+	// OnLookup, if set, is told whether each lookup was answered by the cache.
+	OnLookup func(hit bool)
 
 	cache *ristretto.Cache[string, entry]
 	locks *keyedMutex
@@ -94,7 +96,11 @@ func (x *Index) ClientOf(ctx context.Context, realID string) (string, bool, erro
 }
 
 func (x *Index) resolve(ctx context.Context, key string, load func() (string, error)) (string, bool, error) {
-	if e, ok := x.cache.Get(key); ok {
+	e, hit := x.cache.Get(key)
+	if x.OnLookup != nil {
+		x.OnLookup(hit)
+	}
+	if hit {
 		return e.id, e.mapped, nil
 	}
 	for waited := false; ; waited = true {
@@ -201,6 +207,3 @@ func (x *Index) forget(m Mapping) {
 	x.cache.Del("r:" + m.RealID)
 	x.mu.Unlock()
 }
-
-// CacheMetrics exposes ristretto's counters (hits, misses, ...).
-func (x *Index) CacheMetrics() *ristretto.Metrics { return x.cache.Metrics }

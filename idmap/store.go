@@ -53,6 +53,20 @@ type Pending struct {
 type Store struct {
 	storage Storage
 	prefix  string
+
+	// Observe, if set, is told how long each storage operation took ("load",
+	// "store", "delete", "lock", "unlock").
+	Observe func(op string, took time.Duration)
+}
+
+// timed runs one storage operation and reports its duration.
+func (s *Store) timed(op string, f func() error) error {
+	start := time.Now()
+	err := f()
+	if s.Observe != nil {
+		s.Observe(op, time.Since(start))
+	}
+	return err
 }
 
 // StorageRoot is the top-level storage folder of this module.
@@ -95,14 +109,14 @@ func (s *Store) ClientOf(ctx context.Context, realID string) (string, error) {
 // Save stores a mapping durably: when it returns nil, the mapping survives a
 // crash of this process.
 func (s *Store) Save(ctx context.Context, m Mapping) error {
-	if err := s.storage.Store(ctx, s.key("real", m.RealID), []byte(m.ClientID)); err != nil {
+	if err := s.put(ctx, s.key("real", m.RealID), []byte(m.ClientID)); err != nil {
 		return fmt.Errorf("store index of %q: %w", m.ClientID, err)
 	}
 	raw, err := json.Marshal(m)
 	if err != nil {
 		return err
 	}
-	if err := s.storage.Store(ctx, s.key("client", m.ClientID), raw); err != nil {
+	if err := s.put(ctx, s.key("client", m.ClientID), raw); err != nil {
 		return fmt.Errorf("store mapping of %q: %w", m.ClientID, err)
 	}
 	return nil
@@ -132,7 +146,7 @@ func (s *Store) SavePending(ctx context.Context, p Pending) error {
 	if err != nil {
 		return err
 	}
-	if err := s.storage.Store(ctx, s.key("pending", p.ClientID), raw); err != nil {
+	if err := s.put(ctx, s.key("pending", p.ClientID), raw); err != nil {
 		return fmt.Errorf("store pending create of %q: %w", p.ClientID, err)
 	}
 	return nil
@@ -147,16 +161,24 @@ func (s *Store) RemovePending(ctx context.Context, clientID string) error {
 // process sharing the storage. Callers serialise within the process first
 // (see Index.Lock): storage locks poll, and are slow under contention.
 func (s *Store) Lock(ctx context.Context, clientID string) error {
-	return s.storage.Lock(ctx, s.key("lock", clientID))
+	return s.timed("lock", func() error { return s.storage.Lock(ctx, s.key("lock", clientID)) })
 }
 
 // Unlock releases the storage lock of a client id.
 func (s *Store) Unlock(ctx context.Context, clientID string) error {
-	return s.storage.Unlock(ctx, s.key("lock", clientID))
+	return s.timed("unlock", func() error { return s.storage.Unlock(ctx, s.key("lock", clientID)) })
+}
+
+func (s *Store) put(ctx context.Context, key string, value []byte) error {
+	return s.timed("store", func() error { return s.storage.Store(ctx, key, value) })
 }
 
 func (s *Store) load(ctx context.Context, key string) ([]byte, error) {
-	raw, err := s.storage.Load(ctx, key)
+	var raw []byte
+	err := s.timed("load", func() (err error) {
+		raw, err = s.storage.Load(ctx, key)
+		return err
+	})
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, ErrNotFound
 	}
@@ -178,7 +200,7 @@ func (s *Store) loadJSON(ctx context.Context, key string, v any) error {
 }
 
 func (s *Store) delete(ctx context.Context, key string) error {
-	err := s.storage.Delete(ctx, key)
+	err := s.timed("delete", func() error { return s.storage.Delete(ctx, key) })
 	if err == nil || errors.Is(err, fs.ErrNotExist) {
 		return nil
 	}

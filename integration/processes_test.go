@@ -159,6 +159,7 @@ func (p *process) kill() {
 type opencode struct {
 	*process
 	URL, Dir, Password string
+	Env                []string // the isolated XDG folders, for CLI clients
 }
 
 func startOpencode(tb testing.TB, model *fakeModel, password string) *opencode {
@@ -197,7 +198,7 @@ func startOpencodeBin(tb testing.TB, bin string, model *fakeModel, password stri
 	}
 	p := startProcess(tb, "opencode", dirs["work"], env, bin,
 		"serve", "--hostname", "127.0.0.1", "--port", fmt.Sprint(port), "--print-logs")
-	return &opencode{process: p, URL: fmt.Sprintf("http://127.0.0.1:%d", port), Dir: dirs["work"], Password: password}
+	return &opencode{process: p, URL: fmt.Sprintf("http://127.0.0.1:%d", port), Dir: dirs["work"], Password: password, Env: env}
 }
 
 // caddy is the Caddy binary serving Caddyfile.example in front of an upstream.
