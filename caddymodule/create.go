@@ -88,22 +88,9 @@ func (h *Handler) serveCreate(w http.ResponseWriter, r *http.Request, next caddy
 // parseCreate validates a create body. It returns nil without an id, and
 // answers 400 itself for a bad body or id, so the upstream never sees those.
 func (h *Handler) parseCreate(w http.ResponseWriter, r *http.Request, raw []byte) (*createRequest, bool) {
-	if len(raw) == 0 {
-		return nil, true
-	}
-	var body map[string]json.RawMessage
-	if err := json.Unmarshal(raw, &body); err != nil || body == nil {
-		badRequest(w, "request body must be a JSON object", nil)
-		return nil, false
-	}
-	id, present, invalid := idmap.CreateID(body)
-	if !present {
-		return nil, true
-	}
-	if invalid != nil {
-		h.count(sessionMetrics.invalidIDs)
-		badRequest(w, invalid.Error(), map[string]any{"field": "id", "rule": invalid.Rule})
-		return nil, false
+	body, id, ok := h.decodeCreate(w, raw)
+	if body == nil || !ok {
+		return nil, ok
 	}
 	if meta, ok := body["metadata"]; ok {
 		var m map[string]json.RawMessage
@@ -112,13 +99,45 @@ func (h *Handler) parseCreate(w http.ResponseWriter, r *http.Request, raw []byte
 			return nil, false
 		}
 	}
+	location := requestLocation(r)
+	return &createRequest{id: id, body: body, directory: location["directory"], fields: idmap.NewFields(body, location)}, true
+}
+
+// decodeCreate reads a create body of either route. It returns a nil body
+// for a create without an id (or without a body), and answers 400 itself,
+// returning false, for a body that is not a JSON object or a bad id. The
+// body it returns has no "id".
+func (h *Handler) decodeCreate(w http.ResponseWriter, raw []byte) (map[string]json.RawMessage, string, bool) {
+	if len(raw) == 0 {
+		return nil, "", true
+	}
+	var body map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &body); err != nil || body == nil {
+		badRequest(w, "request body must be a JSON object", nil)
+		return nil, "", false
+	}
+	id, present, invalid := idmap.CreateID(body)
+	if !present {
+		return nil, "", true
+	}
+	if invalid != nil {
+		h.count(sessionMetrics.invalidIDs)
+		badRequest(w, invalid.Error(), map[string]any{"field": "id", "rule": invalid.Rule})
+		return nil, "", false
+	}
 	delete(body, "id")
+	return body, id, true
+}
+
+// requestLocation is where a create puts its session: the query's directory
+// and workspace, or opencode's x-opencode-directory header.
+func requestLocation(r *http.Request) map[string]string {
 	query := r.URL.Query()
 	location := map[string]string{"directory": query.Get("directory"), "workspace": query.Get("workspace")}
 	if location["directory"] == "" {
 		location["directory"] = r.Header.Get("X-Opencode-Directory")
 	}
-	return &createRequest{id: id, body: body, directory: location["directory"], fields: idmap.NewFields(body, location)}, true
+	return location
 }
 
 // parseCreateV2 validates a v2 create body ({id, agent, model, location}) and
@@ -126,22 +145,9 @@ func (h *Handler) parseCreate(w http.ResponseWriter, r *http.Request, raw []byte
 // policy: a v1 and a v2 create of one id with the same agent, model and
 // directory match.
 func (h *Handler) parseCreateV2(w http.ResponseWriter, r *http.Request, raw []byte) (*createRequest, bool) {
-	if len(raw) == 0 {
-		return nil, true
-	}
-	var body map[string]json.RawMessage
-	if err := json.Unmarshal(raw, &body); err != nil || body == nil {
-		badRequest(w, "request body must be a JSON object", nil)
-		return nil, false
-	}
-	id, present, invalid := idmap.CreateID(body)
-	if !present {
-		return nil, true
-	}
-	if invalid != nil {
-		h.count(sessionMetrics.invalidIDs)
-		badRequest(w, invalid.Error(), map[string]any{"field": "id", "rule": invalid.Rule})
-		return nil, false
+	body, id, ok := h.decodeCreate(w, raw)
+	if body == nil || !ok {
+		return nil, ok
 	}
 	var location struct {
 		Directory string `json:"directory"`

@@ -51,11 +51,7 @@ func (h *Handler) createMissing(w http.ResponseWriter, r *http.Request, next cad
 	// A create with no fields but the request's location.
 	create := r.Clone(ctx)
 	create.Body, create.ContentLength = http.NoBody, 0
-	query := r.URL.Query()
-	location := map[string]string{"directory": query.Get("directory"), "workspace": query.Get("workspace")}
-	if location["directory"] == "" {
-		location["directory"] = r.Header.Get("X-Opencode-Directory")
-	}
+	location := requestLocation(r)
 	req := &createRequest{id: id, body: map[string]json.RawMessage{}, directory: location["directory"], fields: idmap.NewFields(nil, location)}
 	answer := &upstreamAnswer{header: http.Header{}}
 	if h.Mode == ModeDirect {

@@ -6,6 +6,7 @@ import (
 	"net/http"
 
 	"github.com/sessionid/caddy-sessionid/idmap"
+	"github.com/sessionid/caddy-sessionid/internal/apierror"
 )
 
 var errSessionGone = errors.New("session was deleted")
@@ -23,35 +24,13 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	_, _ = w.Write(raw)
 }
 
-// writeError answers in opencode's v1 error shape, like the Caddy module.
-func writeError(w http.ResponseWriter, status int, name, message string, extra map[string]any) {
-	data := map[string]any{"message": message}
-	for k, v := range extra {
-		data[k] = v
-	}
-	writeJSON(w, status, map[string]any{"name": name, "data": data})
-}
-
-func badRequest(w http.ResponseWriter, message string, extra map[string]any) {
-	if extra == nil {
-		extra = map[string]any{}
-	}
-	extra["kind"] = "Body"
-	writeError(w, http.StatusBadRequest, "BadRequest", message, extra)
-}
-
-func conflict(w http.ResponseWriter, id, message string, fields []string) {
-	extra := map[string]any{"sessionID": id}
-	if fields != nil {
-		extra["fields"] = fields
-	}
-	writeError(w, http.StatusConflict, "ConflictError", message, extra)
-}
-
-func notFound(w http.ResponseWriter, id string) {
-	writeError(w, http.StatusNotFound, "NotFoundError", "Session not found: "+id, nil)
-}
+// Errors use opencode's v1 error shape, like the Caddy module (package apierror).
+var (
+	badRequest = apierror.BadRequest
+	conflict   = apierror.Conflict
+	notFound   = apierror.NotFound
+)
 
 func serverError(w http.ResponseWriter, err error) {
-	writeError(w, http.StatusInternalServerError, "UnknownError", err.Error(), nil)
+	apierror.Write(w, http.StatusInternalServerError, "UnknownError", err.Error(), nil)
 }
