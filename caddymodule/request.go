@@ -8,6 +8,7 @@ import (
 	"io"
 	"mime"
 	"net/http"
+	"net/url"
 	"strings"
 
 	"github.com/sessionid/caddy-sessionid/idmap"
@@ -34,6 +35,36 @@ func sessionSegment(path string) (start, end int, ok bool) {
 		return start, end, end > start
 	}
 	return 0, 0, false
+}
+
+// rewriteSessionPath replaces a mapped client id in the session segment of a
+// URL's path (/session/{id}/… or /api/session/{id}/…) by its real id, in
+// Path and, where the path has one, in its escaped form RawPath, so that
+// encoded characters elsewhere in the path survive as they were.
+func rewriteSessionPath(u *url.URL, resolve func(id string) (string, bool, error)) error {
+	start, end, ok := sessionSegment(u.Path)
+	if !ok {
+		return nil
+	}
+	id := u.Path[start:end]
+	if idmap.Validate(id) != nil {
+		return nil
+	}
+	realID, mapped, err := resolve(id)
+	if err != nil || !mapped {
+		return err
+	}
+	if u.RawPath != "" {
+		s, e, ok := sessionSegment(u.RawPath)
+		if !ok || u.RawPath[s:e] != id {
+			// The segment is escaped differently: drop the escaped form.
+			u.RawPath = ""
+		} else {
+			u.RawPath = u.RawPath[:s] + realID + u.RawPath[e:]
+		}
+	}
+	u.Path = u.Path[:start] + realID + u.Path[end:]
+	return nil
 }
 
 // lookupFunc adapts an index lookup to the rewriter, remembering the first
@@ -122,24 +153,10 @@ func (h *Handler) toUpstream(w http.ResponseWriter, r *http.Request, body []byte
 	ctx := r.Context()
 	lookup := &lookupFunc{resolve: h.index.RealOf, ctx: ctx}
 
-	if start, end, ok := sessionSegment(r.URL.Path); ok {
-		id := r.URL.Path[start:end]
-		if idmap.Validate(id) == nil {
-			realID, mapped, err := h.index.RealOf(ctx, id)
-			if err != nil {
-				h.logger.Error("mapping lookup failed", zapError(err))
-				storageFailed(w, "session id mapping could not be read")
-				return false
-			}
-			if mapped {
-				r.URL.Path = r.URL.Path[:start] + realID + r.URL.Path[end:]
-				if r.URL.RawPath != "" {
-					if s, e, ok := sessionSegment(r.URL.RawPath); ok && r.URL.RawPath[s:e] == id {
-						r.URL.RawPath = r.URL.RawPath[:s] + realID + r.URL.RawPath[e:]
-					}
-				}
-			}
-		}
+	if err := rewriteSessionPath(r.URL, func(id string) (string, bool, error) { return h.index.RealOf(ctx, id) }); err != nil {
+		h.logger.Error("mapping lookup failed", zapError(err))
+		storageFailed(w, "session id mapping could not be read")
+		return false
 	}
 
 	if strings.Contains(r.URL.RawQuery, idmap.Prefix) {

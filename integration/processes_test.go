@@ -201,10 +201,12 @@ func startOpencodeBin(tb testing.TB, bin string, model *fakeModel, password stri
 	return &opencode{process: p, URL: fmt.Sprintf("http://127.0.0.1:%d", port), Dir: dirs["work"], Password: password, Env: env}
 }
 
-// caddy is the Caddy binary serving Caddyfile.example in front of an upstream.
+// caddy is a Caddy binary serving a Caddyfile of the repository (by default
+// Caddyfile.example) in front of an upstream.
 type caddy struct {
 	*process
 	URL, DataDir string
+	bin, config  string
 	env          []string
 	tb           testing.TB
 }
@@ -216,6 +218,13 @@ func startCaddy(tb testing.TB, upstream *opencode, extraEnv ...string) *caddy {
 
 func startCaddyFor(tb testing.TB, upstreamURL string, extraEnv ...string) *caddy {
 	tb.Helper()
+	return startCaddyWith(tb, caddyBin, "Caddyfile.example", upstreamURL, extraEnv...)
+}
+
+// startCaddyWith runs bin with config (a path relative to the repository) on
+// a free port, with its own admin port and data folder.
+func startCaddyWith(tb testing.TB, bin, config, upstreamURL string, extraEnv ...string) *caddy {
+	tb.Helper()
 	data := tb.TempDir()
 	port := freePort(tb)
 	env := []string{
@@ -224,14 +233,14 @@ func startCaddyFor(tb testing.TB, upstreamURL string, extraEnv ...string) *caddy
 		fmt.Sprintf("ADMIN=localhost:%d", freePort(tb)),
 		"XDG_DATA_HOME=" + data, "XDG_CONFIG_HOME=" + data, "HOME=" + data,
 	}
-	c := &caddy{URL: fmt.Sprintf("http://127.0.0.1:%d", port), DataDir: data, env: append(env, extraEnv...), tb: tb}
+	c := &caddy{URL: fmt.Sprintf("http://127.0.0.1:%d", port), DataDir: data, bin: bin, config: config, env: append(env, extraEnv...), tb: tb}
 	c.start()
 	return c
 }
 
 func (c *caddy) start() {
 	c.tb.Helper()
-	c.process = startProcess(c.tb, "caddy", repoRoot, c.env, caddyBin, "run", "--config", "Caddyfile.example")
+	c.process = startProcess(c.tb, "caddy", repoRoot, c.env, c.bin, "run", "--config", c.config)
 	waitListening(c.tb, c.URL, c.process)
 }
 
