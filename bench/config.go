@@ -37,7 +37,7 @@ var sections = []string{"opencode", "native", "get", "create", "sse", "rss", "go
 func (m *Main) ParseFlags(args []string) error {
 	c := &m.Config
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
-	quick := fs.Bool("quick", false, "a short run that checks the harness: -runs 1 -duration 2s -warmup 500ms -benchtime 200ms")
+	quick := fs.Bool("quick", false, "a short run that checks the harness: -runs 1 -duration 2s -warmup 1s -benchtime 200ms")
 	fs.IntVar(&c.Runs, "runs", 5, "repeats of every measurement; the report gives medians")
 	fs.DurationVar(&c.Duration, "duration", 10*time.Second, "length of one wrk measurement")
 	fs.DurationVar(&c.Warmup, "warmup", 2*time.Second, "unrecorded wrk run per target before the first repeat (0: none)")
@@ -60,7 +60,7 @@ func (m *Main) ParseFlags(args []string) error {
 	if *quick {
 		set := map[string]bool{}
 		fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
-		quickDefaults := map[string]string{"runs": "1", "duration": "2s", "warmup": "500ms", "benchtime": "200ms"}
+		quickDefaults := map[string]string{"runs": "1", "duration": "2s", "warmup": "1s", "benchtime": "200ms"}
 		for name, value := range quickDefaults {
 			if !set[name] {
 				if err := fs.Set(name, value); err != nil {
@@ -82,10 +82,10 @@ func (m *Main) ParseFlags(args []string) error {
 	switch {
 	case c.Runs < 1 || c.Runs > 100:
 		return fmt.Errorf("-runs %d: want 1 to 100", c.Runs)
-	case c.Duration < 500*time.Millisecond || c.Duration > 10*time.Minute:
-		return fmt.Errorf("-duration %v: want 500ms to 10m", c.Duration)
-	case c.Warmup < 0 || c.Warmup > 10*time.Minute:
-		return fmt.Errorf("-warmup %v: want 0 to 10m", c.Warmup)
+	case c.Duration < time.Second || c.Duration > 10*time.Minute || c.Duration%time.Second != 0:
+		return fmt.Errorf("-duration %v: want whole seconds from 1s to 10m (wrk counts in seconds)", c.Duration)
+	case c.Warmup < 0 || c.Warmup > 10*time.Minute || c.Warmup%time.Second != 0:
+		return fmt.Errorf("-warmup %v: want whole seconds from 0 to 10m", c.Warmup)
 	case c.Threads < 1 || c.Connections < c.Threads || c.Connections > 4096:
 		return fmt.Errorf("-threads %d -connections %d: want 1 <= threads <= connections <= 4096", c.Threads, c.Connections)
 	case c.SSEEvents < 1 || c.SSEEvents > 10_000_000:

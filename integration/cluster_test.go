@@ -235,22 +235,38 @@ func TestTwoNodeCluster(t *testing.T) {
 	})
 }
 
-// TestClusterCaddyfileServesTheSameSite keeps the cluster recipe from
-// drifting: it is Caddyfile.example with other global options.
-func TestClusterCaddyfileServesTheSameSite(t *testing.T) {
-	site := func(name string) string {
+// TestClusterCaddyfileIsCaddyfileExampleWithSharedStorage keeps the cluster
+// recipe from drifting: without comments and its storage block, it is
+// Caddyfile.example.
+func TestClusterCaddyfileIsCaddyfileExampleWithSharedStorage(t *testing.T) {
+	directives := func(name string) []string {
 		raw, err := os.ReadFile(filepath.Join(repoRoot, name))
 		if err != nil {
 			t.Fatal(err)
 		}
-		_, after, ok := strings.Cut(string(raw), "\n# A port-only site address")
-		if !ok {
-			t.Fatalf("%s has no site block where expected", name)
+		var lines []string
+		inStorage := false
+		for _, line := range strings.Split(string(raw), "\n") {
+			line = strings.TrimSpace(line)
+			switch {
+			case line == "" || strings.HasPrefix(line, "#"):
+			case strings.HasPrefix(line, "storage "):
+				inStorage = true
+			case inStorage:
+				inStorage = line != "}"
+			default:
+				lines = append(lines, line)
+			}
 		}
-		return after
+		return lines
 	}
-	if site("Caddyfile.cluster.example") != site("Caddyfile.example") {
-		t.Fatal("Caddyfile.cluster.example's site differs from Caddyfile.example's")
+	example, cluster := directives("Caddyfile.example"), directives("Caddyfile.cluster.example")
+	if strings.Join(cluster, "\n") != strings.Join(example, "\n") {
+		t.Fatalf("Caddyfile.cluster.example is not Caddyfile.example plus a storage block:\n--- Caddyfile.example\n%s\n--- Caddyfile.cluster.example\n%s",
+			strings.Join(example, "\n"), strings.Join(cluster, "\n"))
+	}
+	if len(example) == 0 {
+		t.Fatal("no directives read from Caddyfile.example")
 	}
 }
 
