@@ -160,6 +160,10 @@ type opencode struct {
 	*process
 	URL, Dir, Password string
 	Env                []string // the isolated XDG folders, for CLI clients
+
+	bin  string
+	port int
+	tb   testing.TB
 }
 
 func startOpencode(tb testing.TB, model *fakeModel, password string) *opencode {
@@ -196,9 +200,23 @@ func startOpencodeBin(tb testing.TB, bin string, model *fakeModel, password stri
 	if password != "" {
 		env = append(env, "OPENCODE_SERVER_PASSWORD="+password)
 	}
-	p := startProcess(tb, "opencode", dirs["work"], env, bin,
-		"serve", "--hostname", "127.0.0.1", "--port", fmt.Sprint(port), "--print-logs")
-	return &opencode{process: p, URL: fmt.Sprintf("http://127.0.0.1:%d", port), Dir: dirs["work"], Password: password, Env: env}
+	oc := &opencode{URL: fmt.Sprintf("http://127.0.0.1:%d", port), Dir: dirs["work"], Password: password, Env: env,
+		bin: bin, port: port, tb: tb}
+	oc.start()
+	return oc
+}
+
+func (oc *opencode) start() {
+	oc.process = startProcess(oc.tb, "opencode", oc.Dir, oc.Env, oc.bin,
+		"serve", "--hostname", "127.0.0.1", "--port", fmt.Sprint(oc.port), "--print-logs")
+}
+
+// restart starts opencode again on the same port and data after it stopped
+// (or was killed).
+func (oc *opencode) restart() {
+	oc.tb.Helper()
+	oc.stop()
+	oc.start()
 }
 
 // caddy is a Caddy binary serving a Caddyfile of the repository (by default
