@@ -264,3 +264,18 @@ func TestUploadsAreNotRead(t *testing.T) {
 		t.Fatal("an upload was changed or refused")
 	}
 }
+
+func TestHeadKeepsTheUpstreamsContentLength(t *testing.T) {
+	body := `{"id":"` + realID + `"}`
+	_, front := newProxy(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("Content-Length", fmt.Sprint(len(body)))
+		if r.Method != http.MethodHead {
+			io.WriteString(w, body)
+		}
+	}))
+	resp, _ := send(t, "HEAD", front.URL+"/session/"+clientID, "", "")
+	if resp.Header.Get("Content-Length") != fmt.Sprint(len(body)) {
+		t.Fatalf("HEAD Content-Length %q, want %d", resp.Header.Get("Content-Length"), len(body))
+	}
+}

@@ -54,6 +54,10 @@ func (h *Handler) proxy(w http.ResponseWriter, r *http.Request, next caddyhttp.H
 	if !h.toUpstream(w, r, body) {
 		return nil
 	}
+	if r.Method == http.MethodHead {
+		// No body to rewrite, and its Content-Length must stay the GET's.
+		return next.ServeHTTP(w, r)
+	}
 	rw := &rewritingWriter{
 		w:         w,
 		lookup:    &lookupFunc{resolve: h.index.ClientOf, ctx: r.Context()},
