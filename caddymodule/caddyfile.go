@@ -30,6 +30,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		max_body_size   <size>
 //		max_buffer_size <size>
 //		cache_entries   <count>
+//		cache_ttl       <duration>
 //		negative_ttl    <duration>
 //		create_missing  [true|false]
 //	}
@@ -84,12 +85,16 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("bad cache_entries %q: want a positive count", value)
 			}
 			h.CacheEntries = n
-		case "negative_ttl":
+		case "negative_ttl", "cache_ttl":
 			ttl, err := caddy.ParseDuration(value)
 			if err != nil {
-				return d.Errf("bad negative_ttl %q: %v", value, err)
+				return d.Errf("bad %s %q: %v", option, value, err)
 			}
-			h.NegativeTTL = caddy.Duration(ttl)
+			if option == "cache_ttl" {
+				h.CacheTTL = caddy.Duration(ttl)
+			} else {
+				h.NegativeTTL = caddy.Duration(ttl)
+			}
 		default:
 			return d.Errf("unknown session_ids option %q", option)
 		}

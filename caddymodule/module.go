@@ -9,6 +9,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/caddyserver/certmagic"
 	"go.uber.org/zap"
 
 	"github.com/sessionid/caddy-sessionid/idmap"
@@ -81,6 +82,13 @@ type Handler struct {
 	// an id the handler has not mapped costs one upstream GET. Default: off.
 	CreateMissing bool `json:"create_missing,omitempty"`
 
+	// CacheTTL is how long a mapping stays in the cache before it is read
+	// from storage again. A mapping changes only when its id is deleted and
+	// created again; through this instance the cache follows at once, and
+	// through another instance sharing the storage this instance follows
+	// within CacheTTL. Default: 30s.
+	CacheTTL caddy.Duration `json:"cache_ttl,omitempty"`
+
 	// NegativeTTL is how long the handler remembers that an id is not mapped,
 	// which spares a storage read for every unmapped id in a response. Mappings
 	// made through this Caddy instance are visible at once regardless; one made
@@ -115,6 +123,7 @@ const (
 	defaultMaxBodySize   = 64 << 20
 	defaultMaxBufferSize = 4 << 20
 	defaultNegativeTTL   = 2 * time.Second
+	defaultCacheTTL      = 30 * time.Second
 )
 
 // indexes keeps one Index per namespace, storage and cache settings across
@@ -142,6 +151,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if h.MaxBufferSize == 0 {
 		h.MaxBufferSize = defaultMaxBufferSize
 	}
+	if h.CacheTTL == 0 {
+		h.CacheTTL = caddy.Duration(defaultCacheTTL)
+	}
 	if h.NegativeTTL == 0 {
 		h.NegativeTTL = caddy.Duration(defaultNegativeTTL)
 	}
@@ -158,12 +170,13 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	storage := ctx.Storage()
 	// Settings that shape the index are part of the key, so a reload that
 	// changes them gets a new index instead of silently keeping the old one.
-	h.poolKey = fmt.Sprintf("%s|%s|%d|%s", h.Namespace, storageIdentity(storage), h.CacheEntries, time.Duration(h.NegativeTTL))
+	h.poolKey = fmt.Sprintf("%s|%s|%d|%s|%s", h.Namespace, storageIdentity(storage), h.CacheEntries, time.Duration(h.CacheTTL), time.Duration(h.NegativeTTL))
 	value, _, err := indexes.LoadOrNew(h.poolKey, func() (caddy.Destructor, error) {
 		store := idmap.NewStore(storage, h.Namespace)
 		store.Observe = observeStorage(h.Namespace)
 		index, err := idmap.NewIndex(store, idmap.IndexConfig{
 			CacheEntries: h.CacheEntries,
+			TTL:          time.Duration(h.CacheTTL),
 			NegativeTTL:  time.Duration(h.NegativeTTL),
 		})
 		if err != nil {
@@ -180,11 +193,14 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 }
 
 // storageIdentity names a storage so that configs using the same storage share
-// an index: by its String method where it has one (file storage names its
-// folder), else by its identity.
+// an index. Only file storage is shared across configs, by its folder: other
+// storages are new objects in each config, and the old config closes its own
+// (a Redis client, say) when it is unloaded, so an index kept from it would
+// hold a closed storage. For those, exactly-once across a reload rests on the
+// storage lock, as it does across Caddy instances.
 func storageIdentity(s any) string {
-	if str, ok := s.(fmt.Stringer); ok {
-		return fmt.Sprintf("%T:%s", s, str)
+	if fs, ok := s.(*certmagic.FileStorage); ok {
+		return "file:" + fs.Path
 	}
 	return fmt.Sprintf("%T@%p", s, s)
 }

@@ -28,6 +28,7 @@ import (
 // as absent; that is seen once the negative entry expires.
 type Index struct {
 	Store       *Store
+	TTL         time.Duration // how long a mapping is cached (0: until evicted)
 	NegativeTTL time.Duration
 	// OnLookup, if set, is told whether each lookup was answered by the cache.
 	OnLookup func(hit bool)
@@ -51,6 +52,8 @@ type inflightCreate struct{ done chan struct{} }
 type IndexConfig struct {
 	// CacheEntries is about how many ids (in either direction) the cache keeps.
 	CacheEntries int64
+	// TTL is how long a mapping is cached; 0 keeps it until it is evicted.
+	TTL time.Duration
 	// NegativeTTL is how long "not mapped" is remembered.
 	NegativeTTL time.Duration
 }
@@ -70,6 +73,7 @@ func NewIndex(store *Store, cfg IndexConfig) (*Index, error) {
 	}
 	return &Index{
 		Store:       store,
+		TTL:         cfg.TTL,
 		NegativeTTL: cfg.NegativeTTL,
 		cache:       cache,
 		locks:       newKeyedMutex(),
@@ -114,7 +118,7 @@ func (x *Index) resolve(ctx context.Context, key string, load func() (string, er
 
 		id, err := load()
 		if err == nil {
-			x.cache.Set(key, entry{id: id, mapped: true}, 1)
+			x.cache.SetWithTTL(key, entry{id: id, mapped: true}, 1, x.TTL)
 			return id, true, nil
 		}
 		if !errors.Is(err, ErrNotFound) {
@@ -186,8 +190,8 @@ func (x *Index) Save(ctx context.Context, m Mapping) error {
 		return err
 	}
 	x.forget(m)
-	x.cache.Set("c:"+m.ClientID, entry{id: m.RealID, mapped: true}, 1)
-	x.cache.Set("r:"+m.RealID, entry{id: m.ClientID, mapped: true}, 1)
+	x.cache.SetWithTTL("c:"+m.ClientID, entry{id: m.RealID, mapped: true}, 1, x.TTL)
+	x.cache.SetWithTTL("r:"+m.RealID, entry{id: m.ClientID, mapped: true}, 1, x.TTL)
 	return nil
 }
 

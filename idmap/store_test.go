@@ -140,3 +140,36 @@ func TestLockGivesUpWithTheContext(t *testing.T) {
 		t.Fatalf("second Lock = %v, want deadline exceeded", err)
 	}
 }
+
+func TestCachedMappingsExpire(t *testing.T) {
+	// Another instance sharing the storage may delete an id and create it
+	// again, mapped to another real id; this instance must follow.
+	ctx := context.Background()
+	storage := &certmagic.FileStorage{Path: t.TempDir()}
+	index, err := NewIndex(NewStore(storage, "test"), IndexConfig{TTL: 100 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer index.Close()
+	if err := index.Save(ctx, Mapping{ClientID: "ses_c", RealID: "ses_r1"}); err != nil {
+		t.Fatal(err)
+	}
+	other := NewStore(storage, "test") // the other instance
+	if err := other.Remove(ctx, Mapping{ClientID: "ses_c", RealID: "ses_r1"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := other.Save(ctx, Mapping{ClientID: "ses_c", RealID: "ses_r2"}); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		real, _, _ := index.RealOf(ctx, "ses_c")
+		if real == "ses_r2" {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("still %q long after the TTL", real)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
