@@ -32,8 +32,9 @@ func TestTwoNodeCluster(t *testing.T) {
 	redis := startRedis(t, redisBin)
 	model := startFakeModel(t)
 	oc := startOpencode(t, model, "")
+	const cacheTTL = 2 * time.Second
 	node := func() *caddy {
-		return startCaddyWith(t, bin, "Caddyfile.cluster.example", oc.URL, "REDIS_ADDRESS="+redis)
+		return startCaddyWith(t, bin, "Caddyfile.cluster.example", oc.URL, "REDIS_ADDRESS="+redis, "CACHE_TTL="+cacheTTL.String())
 	}
 	a, b := node(), node()
 	oc.waitHealthy(t)
@@ -102,7 +103,9 @@ func TestTwoNodeCluster(t *testing.T) {
 		}
 	})
 
-	t.Run("a node that has looked an id up as unmapped sees another node's mapping within negative_ttl", func(t *testing.T) {
+	t.Run("a node that has looked an id up as unmapped sees another node's mapping once negative_ttl has passed", func(t *testing.T) {
+		// README, Known limits. Each poll is a round trip to opencode, so
+		// the bound allows for more than the TTL itself.
 		const negativeTTL = 2 * time.Second // the default; Caddyfile.cluster.example keeps it
 		clientID := id("negative")
 		if r := call(t, "GET", b.URL+"/session/"+clientID, nil, ""); r.Status != 404 {
@@ -113,12 +116,58 @@ func TestTwoNodeCluster(t *testing.T) {
 		}
 		created := time.Now()
 		for call(t, "GET", b.URL+"/session/"+clientID, nil, "").Status != 200 {
-			if time.Since(created) > negativeTTL+3*time.Second {
+			if time.Since(created) > negativeTTL+10*time.Second {
 				t.Fatalf("B still does not see the mapping %v after it was made", time.Since(created))
 			}
 			time.Sleep(100 * time.Millisecond)
 		}
 		t.Logf("B saw the mapping %v after A made it", time.Since(created).Round(time.Millisecond))
+	})
+
+	t.Run("a reloaded node keeps creating and resolving", func(t *testing.T) {
+		before := id("before_reload")
+		if r := call(t, "POST", a.URL+"/session", map[string]any{"id": before}, ""); r.Status != 200 {
+			t.Fatalf("create before the reload: %d %s", r.Status, r.Body)
+		}
+		reload := startProcess(t, "caddy reload", repoRoot, a.env, bin, "reload", "--config", "Caddyfile.cluster.example", "--force")
+		<-reload.done
+		if reload.cmd.ProcessState.ExitCode() != 0 {
+			t.Fatalf("caddy reload: %s", reload.out.String())
+		}
+		if r := call(t, "GET", a.URL+"/session/"+before, nil, ""); r.Status != 200 {
+			t.Fatalf("an id made before the reload: %d %s", r.Status, r.Body)
+		}
+		after := id("after_reload")
+		if r := call(t, "POST", a.URL+"/session", map[string]any{"id": after}, ""); r.Status != 200 {
+			t.Fatalf("a create after the reload: %d %s", r.Status, r.Body)
+		}
+	})
+
+	t.Run("a delete and re-create through one node is followed by the other within cache_ttl", func(t *testing.T) {
+		clientID := id("recreated")
+		call(t, "POST", a.URL+"/session", map[string]any{"id": clientID, "title": "first"}, "")
+		if r := call(t, "GET", a.URL+"/session/"+clientID, nil, ""); r.Status != 200 { // now cached on A
+			t.Fatalf("GET through A: %d %s", r.Status, r.Body)
+		}
+		if r := call(t, "DELETE", b.URL+"/session/"+clientID, nil, ""); r.Status != 200 {
+			t.Fatalf("delete through B: %d %s", r.Status, r.Body)
+		}
+		if r := call(t, "POST", b.URL+"/session", map[string]any{"id": clientID, "title": "second"}, ""); r.Status != 200 {
+			t.Fatalf("re-create through B: %d %s", r.Status, r.Body)
+		}
+		changed := time.Now()
+		for {
+			r := call(t, "GET", a.URL+"/session/"+clientID, nil, "")
+			var s session
+			if r.Status == 200 && json.Unmarshal(r.Body, &s) == nil && s.Title == "second" {
+				break
+			}
+			if time.Since(changed) > cacheTTL+10*time.Second {
+				t.Fatalf("A still answers %d %s long after cache_ttl", r.Status, r.Body)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		t.Logf("A followed after %v", time.Since(changed).Round(time.Millisecond))
 	})
 
 	t.Run("kill -9 of a node loses no acknowledged create, and the survivor carries on", func(t *testing.T) {
