@@ -16,6 +16,7 @@ const opencodeVersion = "1.18.33"
 type binaries struct {
 	root     string // the repository
 	caddy    string // one binary for the module and the plain configurations
+	caddyWas string // where it came from, for the report
 	native   string
 	opencode string
 	wrk      string
@@ -27,7 +28,7 @@ type binaries struct {
 // missing, unless opencode is skipped); wrk is installed from Debian's
 // packages if missing.
 func findBinaries(ctx context.Context, dir string, skip map[string]bool) (*binaries, error) {
-	out, err := exec.CommandContext(ctx, "go", "env", "GOMOD").Output()
+	out, err := command(ctx, "go", "env", "GOMOD").Output()
 	if err != nil || strings.TrimSpace(string(out)) == "" || strings.TrimSpace(string(out)) == os.DevNull {
 		return nil, fmt.Errorf("run the bench inside the repository (go env GOMOD: %v)", err)
 	}
@@ -36,20 +37,24 @@ func findBinaries(ctx context.Context, dir string, skip map[string]bool) (*binar
 		if b.caddy, err = filepath.Abs(b.caddy); err != nil {
 			return nil, err
 		}
+		b.caddyWas = "$CADDY_BIN " + b.caddy
 	} else if b.caddy, err = b.build(ctx, dir, "caddy"); err != nil {
 		return nil, err
+	} else {
+		b.caddyWas = "built from ./cmd/caddy"
 	}
-	if !skip["native"] || !skip["sse"] || !skip["rss"] {
+	requests := !skip["get"] || !skip["create"] // the wrk measurements
+	if requests && !skip["native"] {
 		if b.native, err = b.build(ctx, dir, "nativeserver"); err != nil {
 			return nil, err
 		}
 	}
-	if !skip["opencode"] {
+	if requests && !skip["opencode"] {
 		if b.opencode, err = b.findOpencode(ctx); err != nil {
 			return nil, err
 		}
 	}
-	if !skip["get"] || !skip["create"] {
+	if requests {
 		if b.wrk, err = findWrk(ctx); err != nil {
 			return nil, err
 		}
@@ -57,10 +62,10 @@ func findBinaries(ctx context.Context, dir string, skip map[string]bool) (*binar
 	return b, nil
 }
 
-// build compiles ./cmd/<name> into dir.
+// build compiles ./cmd/<name> into dir/bin.
 func (b *binaries) build(ctx context.Context, dir, name string) (string, error) {
-	bin := filepath.Join(dir, name)
-	cmd := exec.CommandContext(ctx, "go", "build", "-o", bin, "./cmd/"+name)
+	bin := filepath.Join(dir, "bin", name)
+	cmd := command(ctx, "go", "build", "-o", bin, "./cmd/"+name)
 	cmd.Dir = b.root
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return "", fmt.Errorf("build %s: %v\n%s", name, err, out)
@@ -78,7 +83,7 @@ func (b *binaries) findOpencode(ctx context.Context) (string, error) {
 		return bin, nil
 	}
 	logf("installing opencode-ai@%s under %s", opencodeVersion, prefix)
-	cmd := exec.CommandContext(ctx, "npm", "install", "--no-audit", "--no-fund", "--prefix", prefix, "opencode-ai@"+opencodeVersion)
+	cmd := command(ctx, "npm", "install", "--no-audit", "--no-fund", "--prefix", prefix, "opencode-ai@"+opencodeVersion)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return "", fmt.Errorf("npm install opencode-ai@%s: %v\n%s", opencodeVersion, err, out)
 	}
@@ -96,7 +101,7 @@ func findWrk(ctx context.Context) (string, error) {
 	}
 	logf("installing wrk (apt-get install -y wrk)")
 	install := func() error {
-		cmd := exec.CommandContext(ctx, "apt-get", "install", "-y", "-qq", "wrk")
+		cmd := command(ctx, "apt-get", "install", "-y", "-qq", "wrk")
 		cmd.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
 		out, err := cmd.CombinedOutput()
 		if err != nil {
@@ -106,7 +111,7 @@ func findWrk(ctx context.Context) (string, error) {
 	}
 	if err := install(); err != nil {
 		// A fresh machine has no package lists yet.
-		if out, uerr := exec.CommandContext(ctx, "apt-get", "update", "-qq").CombinedOutput(); uerr != nil {
+		if out, uerr := command(ctx, "apt-get", "update", "-qq").CombinedOutput(); uerr != nil {
 			return "", fmt.Errorf("apt-get update: %v\n%s", uerr, out)
 		}
 		if err := install(); err != nil {

@@ -27,8 +27,9 @@ const caddyReady = 60 * time.Second
 // caddyServer is one running Caddy configuration in front of one upstream.
 type caddyServer struct {
 	*process
-	URL  string
-	Data string // its XDG_DATA_HOME; file storage under Data/caddy
+	URL   string
+	Admin string // its admin endpoint, which serves /debug/pprof/
+	Data  string // its XDG_DATA_HOME; file storage under Data/caddy
 }
 
 // storage is the Caddy's file storage, where the module keeps its mappings.
@@ -36,19 +37,18 @@ func (c *caddyServer) storage() *certmagic.FileStorage {
 	return &certmagic.FileStorage{Path: filepath.Join(c.Data, "caddy")}
 }
 
+// caddyData is the XDG_DATA_HOME of the Caddy called name, so that storage
+// can be seeded before it starts; its file storage is the folder caddy in it.
+func (m *Main) caddyData(name string) string { return filepath.Join(m.dir, "caddy", name, "data") }
+
 // startCaddy starts the Caddy binary with one configuration (via: viaPlain,
-// viaMapping or viaDirect) in front of upstream (host:port). data is its
-// XDG_DATA_HOME, made fresh when empty. It waits until a health check through
-// the proxy reaches the upstream.
-func (m *Main) startCaddy(ctx context.Context, name, via, upstream, data string) (*caddyServer, error) {
-	home := filepath.Join(m.dir, "caddy", name)
-	if data == "" {
-		data = filepath.Join(home, "data")
-	}
-	for _, d := range []string{home, data} {
-		if err := os.MkdirAll(d, 0o755); err != nil {
-			return nil, err
-		}
+// viaMapping or viaDirect) in front of upstream (host:port), with its data in
+// m.caddyData(name). It waits until a health check through the proxy reaches
+// the upstream.
+func (m *Main) startCaddy(ctx context.Context, name, via, upstream string) (*caddyServer, error) {
+	home, data := filepath.Join(m.dir, "caddy", name), m.caddyData(name)
+	if err := os.MkdirAll(data, 0o755); err != nil {
+		return nil, err
 	}
 	port, err := freePort()
 	if err != nil {
@@ -78,7 +78,7 @@ func (m *Main) startCaddy(ctx context.Context, name, via, upstream, data string)
 	if err != nil {
 		return nil, err
 	}
-	c := &caddyServer{process: p, URL: fmt.Sprintf("http://127.0.0.1:%d", port), Data: data}
+	c := &caddyServer{process: p, URL: fmt.Sprintf("http://127.0.0.1:%d", port), Admin: fmt.Sprintf("http://127.0.0.1:%d", admin), Data: data}
 	if err := waitHealthy(ctx, c.URL+"/global/health", p, caddyReady); err != nil {
 		return nil, err
 	}

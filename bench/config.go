@@ -24,9 +24,10 @@ type Config struct {
 
 	BenchTime string // go test -benchtime of the rewriter benchmarks
 
-	Skip map[string]bool // sections left out: opencode, native, get, create, sse, rss, gobench
-	Out  string          // also write the report here
-	Keep bool            // keep the work folder (logs, data)
+	Skip    map[string]bool // sections left out: opencode, native, get, create, sse, rss, gobench
+	Out     string          // also write the report here
+	Keep    bool            // keep the work folder (logs, data)
+	Profile string          // folder for CPU profiles of each proxied wrk measurement
 }
 
 // sections are the parts of a run that -skip can leave out.
@@ -51,6 +52,7 @@ func (m *Main) ParseFlags(args []string) error {
 	skip := fs.String("skip", "", "comma-separated sections to leave out: "+strings.Join(sections, ", "))
 	fs.StringVar(&c.Out, "out", "", "also write the report to this file")
 	fs.BoolVar(&c.Keep, "keep", false, "keep the work folder with every process's log and data")
+	fs.StringVar(&c.Profile, "profile", "", "write a CPU profile of the Caddy (module or plain) during each of its wrk measurements into this folder")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}

@@ -118,7 +118,8 @@ func waitHealthy(ctx context.Context, url string, p *process, budget time.Durati
 
 // memory is a process's resident memory, from /proc/<pid>/status.
 type memory struct {
-	RSS, HWM int64 // bytes: VmRSS now, VmHWM the peak
+	RSS, HWM   int64 // bytes: VmRSS now, VmHWM the peak
+	Anon, File int64 // bytes: RssAnon (heap, stacks) and RssFile (mostly the binary's pages)
 }
 
 func readMemory(pid int) (memory, error) {
@@ -129,21 +130,29 @@ func readMemory(pid int) (memory, error) {
 	var mem memory
 	for _, line := range strings.Split(string(raw), "\n") {
 		name, value, ok := strings.Cut(line, ":")
-		if !ok || name != "VmRSS" && name != "VmHWM" {
+		field := map[string]*int64{"VmRSS": &mem.RSS, "VmHWM": &mem.HWM, "RssAnon": &mem.Anon, "RssFile": &mem.File}[name]
+		if !ok || field == nil {
 			continue
 		}
 		kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(value), " kB"), 10, 64)
 		if err != nil {
 			return memory{}, fmt.Errorf("parse %s of %d: %w", name, pid, err)
 		}
-		if name == "VmRSS" {
-			mem.RSS = kb << 10
-		} else {
-			mem.HWM = kb << 10
-		}
+		*field = kb << 10
 	}
 	if mem.RSS == 0 {
 		return memory{}, fmt.Errorf("no VmRSS for process %d", pid)
 	}
 	return mem, nil
+}
+
+// command is exec.CommandContext for a short-lived tool, in its own process
+// group: when ctx ends, the group gets SIGTERM and, 5 s later, SIGKILL, so
+// that what the tool started (go test's test binary) ends with it.
+func command(ctx context.Context, name string, args ...string) *exec.Cmd {
+	cmd := exec.CommandContext(ctx, name, args...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM) }
+	cmd.WaitDelay = 5 * time.Second
+	return cmd
 }

@@ -14,6 +14,7 @@ type target struct {
 	script  string          // a script of lua/ by name
 	args    func() []string // the script's arguments, asked anew for every wrk run
 	goal    float64         // the least acceptable ratio to the baseline; 0 for none
+	admin   string          // the Caddy's admin endpoint, for profiles; "" for none
 
 	samples []wrkResult // one per repeat
 	ratios  []float64   // req/s over the baseline's in the same repeat
@@ -41,7 +42,7 @@ const (
 func getScenarios(u *upstream, f *fixtures) []*scenario {
 	unmapped := &scenario{upstream: u.name, title: "GET /session/{id}, id not mapped (pass-through)"}
 	for _, via := range u.vias {
-		t := &target{via: via, request: "GET /session/{unmapped}", url: u.base[via] + "/session/" + f.unmapped, script: "report"}
+		t := &target{via: via, request: "GET /session/{unmapped}", url: u.base[via] + "/session/" + f.unmapped, script: "report", admin: u.admin(via)}
 		if via == viaMapping || via == viaDirect {
 			t.goal = goalUnmapped
 		}
@@ -51,8 +52,10 @@ func getScenarios(u *upstream, f *fixtures) []*scenario {
 	if f.client != "" {
 		mapped := &scenario{upstream: u.name, title: "GET /session/{id}, id mapped (rewritten both ways)"}
 		mapped.add(&target{via: viaUpstream, request: "GET /session/{real id}", url: u.base[viaUpstream] + "/session/" + f.real, script: "report"})
-		mapped.add(&target{via: viaPlain, request: "GET /session/{real id}", url: u.base[viaPlain] + "/session/" + f.real, script: "report"})
-		mapped.add(&target{via: viaMapping, request: "GET /session/{client id}", url: u.base[viaMapping] + "/session/" + f.client, script: "report", goal: goalMapped})
+		mapped.add(&target{via: viaPlain, request: "GET /session/{real id}", url: u.base[viaPlain] + "/session/" + f.real, script: "report",
+			admin: u.admin(viaPlain)})
+		mapped.add(&target{via: viaMapping, request: "GET /session/{client id}", url: u.base[viaMapping] + "/session/" + f.client, script: "report",
+			goal: goalMapped, admin: u.admin(viaMapping)})
 		scs = append(scs, mapped)
 	}
 	return scs
@@ -64,17 +67,18 @@ func getScenarios(u *upstream, f *fixtures) []*scenario {
 func (m *Main) createScenario(u *upstream, f *fixtures) *scenario {
 	sc := &scenario{upstream: u.name, title: "POST /session: the upstream's create vs create with id and replay"}
 	for _, via := range []string{viaUpstream, viaPlain} {
-		sc.add(&target{via: via, request: "POST /session (no id)", url: u.base[via] + "/session", script: "create_anon"})
+		sc.add(&target{via: via, request: "POST /session (no id)", url: u.base[via] + "/session", script: "create_anon", admin: u.admin(via)})
 	}
 	for _, via := range []string{viaMapping, viaDirect} {
 		if _, ok := u.caddys[via]; !ok {
 			continue
 		}
+		admin := u.admin(via)
 		sc.add(&target{via: via, request: "POST /session {new id}", url: u.base[via] + "/session", script: "create_id",
-			args: func() []string { return []string{m.newPrefix()} }})
+			args: func() []string { return []string{m.newPrefix()} }, admin: admin})
 		ids := f.replay[via]
 		sc.add(&target{via: via, request: "POST /session {existing id} (replay)", url: u.base[via] + "/session", script: "replay",
-			args: func() []string { return ids }})
+			args: func() []string { return ids }, admin: admin})
 	}
 	return sc
 }
@@ -106,7 +110,11 @@ func (m *Main) warmUp(ctx context.Context, scs []*scenario) error {
 func (m *Main) measure(ctx context.Context, scs []*scenario, run int) error {
 	for _, sc := range scs {
 		for _, t := range sc.targets {
+			profiled := m.profile(ctx, t.admin, fmt.Sprintf("%s-%s-%s-run%d", sc.upstream, t.request, shortName(t.via), run))
 			r, err := m.runTarget(ctx, t, m.Config.Duration)
+			if perr := profiled(); err == nil && perr != nil {
+				err = perr
+			}
 			if err != nil {
 				return err
 			}

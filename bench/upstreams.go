@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"time"
@@ -26,7 +25,7 @@ func (m *Main) withCaddys(ctx context.Context, u *upstream, vias ...string) erro
 	u.caddys = map[string]*caddyServer{}
 	u.vias = []string{viaUpstream}
 	for _, via := range vias {
-		c, err := m.startCaddy(ctx, u.name+"-"+shortName(via), via, u.addr, "")
+		c, err := m.startCaddy(ctx, caddyName(u.name, via), via, u.addr)
 		if err != nil {
 			return err
 		}
@@ -34,6 +33,18 @@ func (m *Main) withCaddys(ctx context.Context, u *upstream, vias ...string) erro
 		u.vias = append(u.vias, via)
 	}
 	return nil
+}
+
+// caddyName names the Caddy of a configuration in front of an upstream.
+func caddyName(upstream, via string) string { return upstream + "-" + shortName(via) }
+
+// admin is the admin endpoint of the Caddy of a configuration; "" for the
+// upstream itself.
+func (u *upstream) admin(via string) string {
+	if c, ok := u.caddys[via]; ok {
+		return c.Admin
+	}
+	return ""
 }
 
 // shortName names a configuration in file names and progress lines.
@@ -82,7 +93,7 @@ func (m *Main) startOpencode(ctx context.Context) (*upstream, error) {
 			return nil, err
 		}
 	}
-	git := exec.CommandContext(ctx, "sh", "-c", "git init -q . && git -c user.email=b@b -c user.name=b commit -q --allow-empty -m init")
+	git := command(ctx, "sh", "-c", "git init -q . && git -c user.email=b@b -c user.name=b commit -q --allow-empty -m init")
 	git.Dir = dirs["work"]
 	if out, err := git.CombinedOutput(); err != nil {
 		return nil, fmt.Errorf("git init: %v\n%s", err, out)

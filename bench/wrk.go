@@ -8,7 +8,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"time"
@@ -92,7 +91,7 @@ func (m *Main) runWrk(ctx context.Context, url, script string, args []string, d 
 	// wrk ends by itself after d; the deadline only guards against a hang.
 	ctx, cancel := context.WithTimeout(ctx, d+c.Timeout+30*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, m.bin.wrk, cmdArgs...)
+	cmd := command(ctx, m.bin.wrk, cmdArgs...)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()

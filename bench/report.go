@@ -1,0 +1,166 @@
+package main
+
+import (
+	"fmt"
+	"runtime"
+	"slices"
+	"strings"
+	"time"
+)
+
+// Targets that are not ratios of req/s.
+const (
+	goalRewriteMBps = 500.0                  // rewriter throughput on one core
+	goalAddedP50    = 200 * time.Microsecond // latency an event gains through the module
+	goalRSS         = 50 << 20               // the module's Caddy with 100,000 mappings
+)
+
+// goalMappings is how many mappings goalRSS is stated for.
+const goalMappings = 100_000
+
+func numCPU() int { return runtime.NumCPU() }
+
+// verdict tallies the targets as the report checks them.
+type verdict struct{ met, missed []string }
+
+func (v *verdict) check(name string, ok bool) string {
+	if ok {
+		v.met = append(v.met, name)
+		return "met"
+	}
+	v.missed = append(v.missed, name)
+	return "**missed**"
+}
+
+// report renders the results as markdown.
+func (m *Main) report() string {
+	var b strings.Builder
+	var v verdict
+	c, r := m.Config, m.results
+	fmt.Fprintf(&b, "\n# session_ids benchmark\n\n")
+	fmt.Fprintf(&b, "%s; %d repeat(s), medians over them; run took %v.\n", r.machine, c.Runs, r.took.Round(time.Second))
+	fmt.Fprintf(&b, "One Caddy binary (%s) for every configuration: `session_ids` with Caddyfile.example, "+
+		"plain `reverse_proxy` with bench/Caddyfile.plain (the same reverse_proxy settings).\n", m.bin.caddyWas)
+
+	if len(r.goBench) > 0 {
+		fmt.Fprintf(&b, "\n## Rewriter, one core (`go test -bench . -cpu 1 -benchtime %s ./idmap/`)\n\n", c.BenchTime)
+		b.WriteString("| benchmark | MB/s | ns/op | target | result |\n|---|---:|---:|---|---|\n")
+		for _, g := range r.goBench {
+			mbps, target, result := "", "", ""
+			if len(g.mbps) > 0 {
+				mbps = fmt.Sprintf("%.0f", median(g.mbps))
+			}
+			// The target is for the rewriter itself; the Index variants add the
+			// module's cache lookups and are shown for information.
+			if (g.name == "RewriteJSON" || g.name == "RewriteSSE") && len(g.mbps) > 0 {
+				target = fmt.Sprintf("≥ %.0f MB/s", goalRewriteMBps)
+				result = v.check("rewriter "+g.name, median(g.mbps) >= goalRewriteMBps)
+			}
+			fmt.Fprintf(&b, "| %s | %s | %.0f | %s | %s |\n", g.name, mbps, median(g.nsPerOp), target, result)
+		}
+	}
+
+	if len(r.scenarios) > 0 {
+		fmt.Fprintf(&b, "\n## Requests (`wrk -t%d -c%d -d%ds --latency`)\n\n", c.Threads, c.Connections, int(c.Duration.Seconds()))
+		b.WriteString("Ratios are req/s over plain reverse_proxy's in the same repeat: the median of the repeats' ratios, " +
+			"their range in brackets; configurations alternate within each repeat. Errors are failed requests " +
+			"(status ≥ 400, socket errors, timeouts) over all repeats.\n\n")
+		b.WriteString("| upstream | request | through | req/s | p50 ms | p99 ms | errors | vs plain | target | result |\n")
+		b.WriteString("|---|---|---|---:|---:|---:|---:|---:|---|---|\n")
+		for _, sc := range r.scenarios {
+			for _, t := range sc.targets {
+				var errs int64
+				for _, s := range t.samples {
+					errs += s.Errors()
+				}
+				ratio, target, result := "", "", ""
+				if len(t.ratios) > 0 {
+					ratio = fmt.Sprintf("%.2fx", median(t.ratios))
+				}
+				if len(t.ratios) > 1 && t != sc.baseline {
+					ratio += fmt.Sprintf(" (%.2f–%.2f)", slices.Min(t.ratios), slices.Max(t.ratios))
+				}
+				if t.goal > 0 {
+					target = fmt.Sprintf("≥ %.2fx", t.goal)
+					result = v.check(fmt.Sprintf("%s %s via %s", sc.upstream, t.request, t.via), median(t.ratios) >= t.goal && errs == 0)
+				}
+				fmt.Fprintf(&b, "| %s | %s | %s | %.0f | %.2f | %.2f | %d | %s | %s | %s |\n", sc.upstream, t.request, t.via,
+					medianOf(t.samples, wrkResult.RPS),
+					medianOf(t.samples, func(s wrkResult) float64 { return s.P50US / 1000 }),
+					medianOf(t.samples, func(s wrkResult) float64 { return s.P99US / 1000 }),
+					errs, ratio, target, result)
+			}
+		}
+		b.WriteString("\nBoth Caddyfiles set `flush_interval -1`: plain reverse_proxy flushes each response's headers and body " +
+			"separately, while mapping mode rewrites a JSON response whole and writes it at once, which can make it faster than plain " +
+			"on small, fast answers. Direct mode wraps nothing: its ratio is the plainer measure of the pass-through cost.\n")
+	}
+
+	if s := r.sse; s != nil && len(s.samples[viaMapping]) > 0 {
+		fmt.Fprintf(&b, "\n## Event streams (%d events per stream, one every %v, each flushed alone; synthetic upstream in the bench)\n\n",
+			c.SSEEvents, c.SSEInterval)
+		b.WriteString("Latency is from the upstream's write of an event to the client's read of it. Added latency is the module's p50 " +
+			"minus plain reverse_proxy's (or the upstream's) in the same repeat, median over repeats.\n\n")
+		b.WriteString("| through | p50 ms | p90 ms | p99 ms | added p50 ms | target | result |\n|---|---:|---:|---:|---:|---|---|\n")
+		for _, via := range s.u.vias {
+			samples := s.samples[via]
+			added, target, result := "", "", ""
+			if via == viaMapping {
+				vsPlain := addedP50(samples, s.samples[viaPlain])
+				vsUpstream := addedP50(samples, s.samples[viaUpstream])
+				added = fmt.Sprintf("%.3f vs plain, %.3f vs upstream", ms(vsPlain), ms(vsUpstream))
+				target = fmt.Sprintf("< %.1f ms vs plain", ms(goalAddedP50))
+				result = v.check("event stream added p50", vsPlain < goalAddedP50)
+			}
+			fmt.Fprintf(&b, "| %s | %.3f | %.3f | %.3f | %s | %s | %s |\n", via,
+				medianOf(samples, func(x sseSample) float64 { return ms(x.p50) }),
+				medianOf(samples, func(x sseSample) float64 { return ms(x.p90) }),
+				medianOf(samples, func(x sseSample) float64 { return ms(x.p99) }),
+				added, target, result)
+		}
+	}
+
+	if rss := r.rss; rss != nil {
+		fmt.Fprintf(&b, "\n## Memory (%d mappings in storage, each looked up once through the module: GET /session/{client id})\n\n", rss.mappings)
+		b.WriteString("RssFile is mostly the Caddy binary's own pages; RssAnon is heap and stacks.\n\n")
+		b.WriteString("| Caddy | VmRSS MiB | RssAnon MiB | RssFile MiB | VmHWM MiB | VmRSS at start MiB | target | result |\n")
+		b.WriteString("|---|---:|---:|---:|---:|---:|---|---|\n")
+		target, result := fmt.Sprintf("VmRSS < %d MB at %d mappings", goalRSS>>20, goalMappings), ""
+		if rss.mappings >= goalMappings {
+			result = v.check("memory with 100,000 mappings", rss.module.RSS < goalRSS)
+		} else {
+			result = "not measured at the target's size"
+		}
+		row := func(name string, now, start memory, target, result string) {
+			fmt.Fprintf(&b, "| %s | %.1f | %.1f | %.1f | %.1f | %.1f | %s | %s |\n", name, mebi(now.RSS), mebi(now.Anon),
+				mebi(now.File), mebi(now.HWM), mebi(start.RSS), target, result)
+		}
+		row(viaMapping, rss.module, rss.moduleIdle, target, result)
+		row(viaPlain+" (as many requests)", rss.plain, rss.plainIdle, "", "")
+		fmt.Fprintf(&b, "\nThe module adds %.1f MiB of VmRSS (%.1f MiB anonymous) over plain reverse_proxy. "+
+			"Seeding took %v; the lookups through the module %v.\n",
+			mebi(rss.module.RSS-rss.plain.RSS), mebi(rss.module.Anon-rss.plain.Anon),
+			rss.seedTook.Round(time.Millisecond), rss.fillTook.Round(time.Millisecond))
+	}
+
+	fmt.Fprintf(&b, "\n**Targets: %d met, %d missed.**", len(v.met), len(v.missed))
+	if len(v.missed) > 0 {
+		fmt.Fprintf(&b, " Missed: %s.", strings.Join(v.missed, "; "))
+	}
+	if c.Runs < 3 {
+		b.WriteString("\n\nWith fewer than 3 repeats the verdicts are indicative only: opencode's own throughput varies by ±25 % between short runs.")
+	}
+	b.WriteString("\n")
+	return b.String()
+}
+
+func mebi(bytes int64) float64 { return float64(bytes) / (1 << 20) }
+
+// addedP50 is the median over repeats of a's p50 minus b's in the same repeat.
+func addedP50(a, b []sseSample) time.Duration {
+	var diffs []float64
+	for i := range min(len(a), len(b)) {
+		diffs = append(diffs, float64(a[i].p50-b[i].p50))
+	}
+	return time.Duration(median(diffs))
+}
