@@ -269,4 +269,3 @@ func sessionIDOf(body []byte) (string, error) {
 	}
 	return session.ID, nil
 }
-

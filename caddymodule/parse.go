@@ -123,4 +123,3 @@ func (h *Handler) parseCreateV2(w http.ResponseWriter, r *http.Request, raw []by
 	return &createRequest{id: id, body: v1, directory: location.Directory, v2: true,
 		fields: idmap.NewFields(v1, map[string]string{"directory": location.Directory})}, true
 }
-
