@@ -2,7 +2,6 @@ package caddymodule
 
 import (
 	"encoding/json"
-	"errors"
 	"net/http"
 	"net/url"
 	"strings"
@@ -35,13 +34,15 @@ func createMissingTarget(r *http.Request) (string, bool) {
 // It reports true when it answered the client itself (the create failed).
 func (h *Handler) createMissing(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, id string) bool {
 	ctx := r.Context()
-	_, err := h.index.Store.Load(ctx, id)
+	// Through the cache: this runs on every request to these routes. In
+	// direct mode an id's record maps it to itself.
+	_, known, err := h.index.RealOf(ctx, id)
 	switch {
-	case err == nil:
-		return false // known: mapped, or recorded in direct mode
-	case !errors.Is(err, idmap.ErrNotFound):
+	case err != nil:
 		storageFailed(w, "session id mapping could not be read")
 		return true
+	case known:
+		return false
 	}
 	existing, err := askUpstream(r, next, http.MethodGet, "/session/"+url.PathEscape(id), "", nil)
 	if err != nil || existing.status != http.StatusNotFound {
