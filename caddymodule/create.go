@@ -91,7 +91,7 @@ func (h *Handler) create(w http.ResponseWriter, r *http.Request, next caddyhttp.
 
 	// Rewrite client ids in the body (parentID) and query before they go up.
 	lookup := &lookupFunc{resolve: h.index.RealOf, ctx: ctx}
-	if q, changed := idmap.Replace([]byte(r.URL.RawQuery), lookup.lookup); changed {
+	if q, replaced := idmap.Replace([]byte(r.URL.RawQuery), lookup.lookup); replaced > 0 {
 		r.URL.RawQuery = string(q)
 	}
 	upBody, err := h.upstreamCreateBody(req, lookup)

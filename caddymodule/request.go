@@ -11,6 +11,8 @@ import (
 	"net/url"
 	"strings"
 
+	"go.uber.org/zap"
+
 	"github.com/sessionid/caddy-sessionid/idmap"
 )
 
@@ -154,13 +156,13 @@ func (h *Handler) toUpstream(w http.ResponseWriter, r *http.Request, body []byte
 	lookup := &lookupFunc{resolve: h.index.RealOf, ctx: ctx}
 
 	if err := rewriteSessionPath(r.URL, func(id string) (string, bool, error) { return h.index.RealOf(ctx, id) }); err != nil {
-		h.logger.Error("mapping lookup failed", zapError(err))
+		h.logger.Error("mapping lookup failed", zap.Error(err))
 		storageFailed(w, "session id mapping could not be read")
 		return false
 	}
 
 	if strings.Contains(r.URL.RawQuery, idmap.Prefix) {
-		if q, changed := idmap.Replace([]byte(r.URL.RawQuery), lookup.lookup); changed {
+		if q, replaced := idmap.Replace([]byte(r.URL.RawQuery), lookup.lookup); replaced > 0 {
 			r.URL.RawQuery = string(q)
 		}
 	}
@@ -173,19 +175,14 @@ func (h *Handler) toUpstream(w http.ResponseWriter, r *http.Request, body []byte
 		}
 	}
 	if body != nil {
-		rewriter := idmap.NewRewriter(lookup.lookup)
-		if rewritten := rewriter.Append(make([]byte, 0, len(body)+64), body, true); rewriter.Replaced() > 0 {
-			h.countRewrite("request", len(body), rewriter.Replaced())
-			body = rewritten
-		} else {
-			h.countRewrite("request", len(body), 0)
-		}
-		setBody(r, body)
+		rewritten, replaced := idmap.Replace(body, lookup.lookup)
+		h.countRewrite("request", len(body), replaced)
+		setBody(r, rewritten)
 		r.TransferEncoding = nil
 	}
 
 	if lookup.err != nil {
-		h.logger.Error("mapping lookup failed", zapError(lookup.err))
+		h.logger.Error("mapping lookup failed", zap.Error(lookup.err))
 		storageFailed(w, "session id mapping could not be read")
 		return false
 	}

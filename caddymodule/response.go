@@ -178,9 +178,8 @@ func (rw *rewritingWriter) finish() error {
 			body = decoded
 			h.Del("Content-Encoding")
 		}
-		rewriter := idmap.NewRewriter(rw.lookup.lookup)
-		out := rewriter.Append(make([]byte, 0, len(body)+64), body, true)
-		rw.finished(len(body), rewriter.Replaced())
+		out, replaced := idmap.Replace(body, rw.lookup.lookup)
+		rw.finished(len(body), replaced)
 		h.Set("Content-Length", strconv.Itoa(len(out)))
 		rw.w.WriteHeader(rw.status)
 		_, err := rw.w.Write(out)

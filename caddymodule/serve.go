@@ -68,7 +68,7 @@ func (h *Handler) proxy(w http.ResponseWriter, r *http.Request, next caddyhttp.H
 	if rw.lookup.err != nil {
 		// The response has gone out (or is going out) already; a real id may
 		// have passed unrewritten. Say so loudly.
-		h.logger.Error("mapping lookup failed while rewriting a response", zapError(rw.lookup.err), zap.String("uri", r.RequestURI))
+		h.logger.Error("mapping lookup failed while rewriting a response", zap.Error(rw.lookup.err), zap.String("uri", r.RequestURI))
 	}
 	if err != nil && rw.mode == undecided {
 		return err // nothing written yet: let Caddy's error handling answer
@@ -78,5 +78,3 @@ func (h *Handler) proxy(w http.ResponseWriter, r *http.Request, next caddyhttp.H
 	}
 	return err
 }
-
-func zapError(err error) zap.Field { return zap.Error(err) }

@@ -104,18 +104,19 @@ func partialPrefixStart(data []byte, prev byte) int {
 	return len(data)
 }
 
-// Replace rewrites a complete buffer. It returns src itself when no token was
-// replaced, so callers can tell an unchanged body without comparing bytes.
-func Replace(src []byte, lookup Lookup) ([]byte, bool) {
+// Replace rewrites a complete buffer and says how many tokens it replaced.
+// With none replaced it returns src itself, and a buffer without "ses_" is
+// not copied at all.
+func Replace(src []byte, lookup Lookup) ([]byte, int64) {
 	if !bytes.Contains(src, prefix) {
-		return src, false
+		return src, 0
 	}
 	rw := NewRewriter(lookup)
 	out := rw.Append(make([]byte, 0, len(src)+64), src, true)
 	if rw.count == 0 {
-		return src, false
+		return src, 0
 	}
-	return out, true
+	return out, rw.count
 }
 
 // Writer is an io.WriteCloser that rewrites what is written to it before
