@@ -58,32 +58,11 @@ func (h *Handler) serveCreate(w http.ResponseWriter, r *http.Request, next caddy
 func (h *Handler) create(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, req *createRequest) error {
 	ctx := r.Context()
 	log := h.logger.With(zap.String("session_id", req.id))
-	unlock, err := h.index.Lock(ctx, req.id)
-	if err != nil {
-		log.Error("could not lock session id", zap.Error(err))
-		storageFailed(w, fmt.Sprintf("could not lock session id %s: %v", req.id, err))
+	unlock := h.lockForCreate(w, r, next, req)
+	if unlock == nil {
 		return nil
 	}
 	defer unlock()
-
-	m, err := h.index.Store.Load(ctx, req.id)
-	switch {
-	case err == nil:
-		done, err := h.answerDuplicate(w, r, next, req, m)
-		if done || err != nil {
-			return err
-		}
-		// The mapped session is gone upstream: the id is free again.
-		log.Warn("mapped session no longer exists upstream; creating it again", zap.String("real_id", m.RealID))
-		if err := h.index.Remove(ctx, m); err != nil {
-			storageFailed(w, "could not remove a stale mapping: "+err.Error())
-			return nil
-		}
-	case !errors.Is(err, idmap.ErrNotFound):
-		log.Error("could not read mapping", zap.Error(err))
-		storageFailed(w, "session id mapping could not be read")
-		return nil
-	}
 
 	if taken, err := h.idTaken(w, r, next, req.id); taken || err != nil {
 		return err
@@ -166,10 +145,46 @@ func (h *Handler) create(w http.ResponseWriter, r *http.Request, next caddyhttp.
 	return nil
 }
 
+// lockForCreate takes the lock of a create's id and, if the id is mapped (or,
+// in direct mode, recorded) already, answers by the duplicate policy. It
+// returns the unlock function when the create is to go on, and nil when it
+// has answered. A mapping whose session the upstream no longer has is
+// removed: the id is free again.
+func (h *Handler) lockForCreate(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, req *createRequest) func() {
+	ctx := r.Context()
+	log := h.logger.With(zap.String("session_id", req.id))
+	unlock, err := h.index.Lock(ctx, req.id)
+	if err != nil {
+		log.Error("could not lock session id", zap.Error(err))
+		storageFailed(w, fmt.Sprintf("could not lock session id %s: %v", req.id, err))
+		return nil
+	}
+	m, err := h.index.Store.Load(ctx, req.id)
+	switch {
+	case err == nil:
+		if h.answerDuplicate(w, r, next, req, m) {
+			unlock()
+			return nil
+		}
+		log.Warn("mapped session no longer exists upstream; creating it again", zap.String("real_id", m.RealID))
+		if err := h.index.Remove(ctx, m); err != nil {
+			storageFailed(w, "could not remove a stale mapping: "+err.Error())
+			unlock()
+			return nil
+		}
+	case !errors.Is(err, idmap.ErrNotFound):
+		log.Error("could not read mapping", zap.Error(err))
+		storageFailed(w, "session id mapping could not be read")
+		unlock()
+		return nil
+	}
+	return unlock
+}
+
 // answerDuplicate answers a create of an id that is mapped already, by the
 // duplicate policy. It returns false without answering when the mapped
 // session no longer exists upstream.
-func (h *Handler) answerDuplicate(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, req *createRequest, m idmap.Mapping) (bool, error) {
+func (h *Handler) answerDuplicate(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, req *createRequest, m idmap.Mapping) bool {
 	decision := h.duplicates.Decide(m.Fields, req.fields)
 	if !decision.Replay {
 		h.count(sessionMetrics.conflicts)
@@ -178,21 +193,21 @@ func (h *Handler) answerDuplicate(w http.ResponseWriter, r *http.Request, next c
 		} else {
 			conflict(w, req.id, fmt.Sprintf("session %s already exists", req.id), nil)
 		}
-		return true, nil
+		return true
 	}
 	answer, err := h.sessionAnswer(r, next, m.RealID, req.v2)
 	if err != nil {
 		upstreamFailed(w, failureStatus(err), "upstream could not be asked for the existing session: "+err.Error())
-		return true, nil
+		return true
 	}
 	if answer.status == http.StatusNotFound {
-		return false, nil
+		return false
 	}
 	if answer.ok() {
 		h.count(sessionMetrics.replays)
 	}
 	h.relay(w, r, answer, answer.ok())
-	return true, nil
+	return true
 }
 
 // idTaken answers 409 when the client id is already a session of its own

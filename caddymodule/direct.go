@@ -22,29 +22,11 @@ import (
 func (h *Handler) createDirect(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, req *createRequest) error {
 	ctx := r.Context()
 	log := h.logger.With(zap.String("session_id", req.id))
-	unlock, err := h.index.Lock(ctx, req.id)
-	if err != nil {
-		storageFailed(w, fmt.Sprintf("could not lock session id %s: %v", req.id, err))
+	unlock := h.lockForCreate(w, r, next, req)
+	if unlock == nil {
 		return nil
 	}
 	defer unlock()
-
-	rec, err := h.index.Store.Load(ctx, req.id)
-	switch {
-	case err == nil:
-		done, err := h.answerDuplicate(w, r, next, req, rec)
-		if done || err != nil {
-			return err
-		}
-		log.Warn("recorded session no longer exists upstream; creating it again")
-		if err := h.index.Remove(ctx, rec); err != nil {
-			storageFailed(w, "could not remove a stale record: "+err.Error())
-			return nil
-		}
-	case !errors.Is(err, idmap.ErrNotFound):
-		storageFailed(w, "session id record could not be read")
-		return nil
-	}
 
 	upstream, err := h.probe.detect(r, next)
 	if err != nil {
