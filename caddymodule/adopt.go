@@ -53,7 +53,7 @@ type listedSession struct {
 func (h *Handler) adoptOrphan(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, req *createRequest, pending idmap.Pending) (bool, error) {
 	ctx := r.Context()
 	log := h.logger.With(zap.String("session_id", req.id))
-	upstream, err := h.probe.detect(r, next)
+	upstream, err := h.features(r, next)
 	if err != nil {
 		upstreamFailed(w, failureStatus(err), "upstream could not be asked what it supports: "+err.Error())
 		return true, nil
@@ -106,7 +106,7 @@ func (h *Handler) adoptOrphan(w http.ResponseWriter, r *http.Request, next caddy
 			}
 			continue
 		}
-		m := idmap.Mapping{ClientID: req.id, RealID: s.ID, Fields: pending.Fields, Created: time.Now().UTC()}
+		m := idmap.Mapping{ClientID: req.id, RealID: s.ID, Fields: pending.Fields, Created: time.Now().UTC(), Worker: chosenWorker(r)}
 		if err := h.index.Save(ctx, m); err != nil {
 			storageFailed(w, "the session was found but its id mapping could not be stored; retry the create")
 			return true, nil

@@ -31,7 +31,7 @@ func (c capability) String() string {
 	return "none"
 }
 
-// capabilityProbe detects, once, what the upstream offers, from its OpenAPI
+// capabilityProbe detects, once, what one upstream offers, from its OpenAPI
 // document (GET /doc). A failed fetch is not remembered, so an upstream that
 // is still starting is asked again.
 type capabilityProbe struct {
@@ -54,6 +54,17 @@ type errNoIDRoute struct{ reason string }
 func (e errNoIDRoute) Error() string {
 	return "mode direct needs an upstream that creates sessions under a chosen id (the native server, or opencode 1.17.9 or later), but " +
 		e.reason + "; use mode mapping for this upstream"
+}
+
+// features returns what the worker of r's route offers. Workers are probed
+// one by one: they may run different versions.
+func (h *Handler) features(r *http.Request, next caddyhttp.Handler) (features, error) {
+	worker := ""
+	if rt := routeOf(r); rt != nil {
+		worker = rt.worker
+	}
+	probe, _ := h.probes.LoadOrStore(worker, new(capabilityProbe))
+	return probe.(*capabilityProbe).detect(r, next)
 }
 
 func (p *capabilityProbe) detect(r *http.Request, next caddyhttp.Handler) (features, error) {

@@ -5,8 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"net/url"
-	"strings"
+		"strings"
 	"time"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -46,7 +45,7 @@ func (h *Handler) serveCreate(w http.ResponseWriter, r *http.Request, next caddy
 	case !ok:
 		return nil
 	case req == nil:
-		return h.proxy(w, r, next, raw)
+		return h.proxyNewSession(w, r, next, raw)
 	case h.Mode == ModeDirect:
 		return h.createDirect(w, r, next, req)
 	}
@@ -64,8 +63,14 @@ func (h *Handler) create(w http.ResponseWriter, r *http.Request, next caddyhttp.
 	}
 	defer unlock()
 
-	if taken, err := h.idTaken(w, r, next, req.id); taken || err != nil {
-		return err
+	pending, err := h.index.Store.LoadPending(ctx, req.id)
+	pendingFound := err == nil
+	if err != nil && !errors.Is(err, idmap.ErrNotFound) {
+		storageFailed(w, "pending create could not be read: "+err.Error())
+		return nil
+	}
+	if taken := h.idTaken(w, r, next, req, pending.Worker); taken {
+		return nil
 	}
 
 	// Rewrite client ids in the body (parentID) and query before they go up.
@@ -82,18 +87,14 @@ func (h *Handler) create(w http.ResponseWriter, r *http.Request, next caddyhttp.
 		return nil
 	}
 
-	pending, err := h.index.Store.LoadPending(ctx, req.id)
-	switch {
-	case err == nil:
+	if pendingFound {
 		adopted, err := h.adoptOrphan(w, r, next, req, pending)
 		if adopted || err != nil {
 			return err
 		}
-	case !errors.Is(err, idmap.ErrNotFound):
-		storageFailed(w, "pending create could not be read: "+err.Error())
-		return nil
 	}
-	if err := h.index.Store.SavePending(ctx, idmap.Pending{ClientID: req.id, Fields: req.fields, Query: r.URL.RawQuery, Started: time.Now().UTC()}); err != nil {
+	worker := chosenWorker(r)
+	if err := h.index.Store.SavePending(ctx, idmap.Pending{ClientID: req.id, Fields: req.fields, Query: r.URL.RawQuery, Started: time.Now().UTC(), Worker: worker}); err != nil {
 		storageFailed(w, err.Error())
 		return nil
 	}
@@ -123,7 +124,7 @@ func (h *Handler) create(w http.ResponseWriter, r *http.Request, next caddyhttp.
 		upstreamFailed(w, http.StatusBadGateway, err.Error())
 		return nil
 	}
-	err = h.index.Save(ctx, idmap.Mapping{ClientID: req.id, RealID: realID, Fields: req.fields, Created: time.Now().UTC()})
+	err = h.index.Save(ctx, idmap.Mapping{ClientID: req.id, RealID: realID, Fields: req.fields, Created: time.Now().UTC(), Worker: worker})
 	endCreate()
 	if err != nil {
 		log.Error("session created upstream but its mapping could not be stored", zap.String("real_id", realID), zap.Error(err))
@@ -133,7 +134,7 @@ func (h *Handler) create(w http.ResponseWriter, r *http.Request, next caddyhttp.
 	if err := h.index.Store.RemovePending(ctx, req.id); err != nil {
 		log.Warn("could not remove pending create record", zap.Error(err))
 	}
-	log.Info("session created", zap.String("real_id", realID))
+	log.Info("session created", zap.String("real_id", realID), zap.String("worker", worker))
 	h.count(sessionMetrics.creates)
 	if req.v2 {
 		if answer, err = h.sessionAnswer(r, next, realID, true); err != nil {
@@ -162,6 +163,11 @@ func (h *Handler) lockForCreate(w http.ResponseWriter, r *http.Request, next cad
 	m, err := h.index.Store.Load(ctx, req.id)
 	switch {
 	case err == nil:
+		if err := h.pinExisting(r, next, req.id, m.Worker); err != nil {
+			h.placementFailed(w, err)
+			unlock()
+			return nil
+		}
 		if h.answerDuplicate(w, r, next, req, m) {
 			unlock()
 			return nil
@@ -211,34 +217,36 @@ func (h *Handler) answerDuplicate(w http.ResponseWriter, r *http.Request, next c
 }
 
 // idTaken answers 409 when the client id is already a session of its own
-// upstream, or the real id of a mapped one: mapping it would make the id mean
-// two sessions.
-func (h *Handler) idTaken(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, id string) (bool, error) {
+// on a worker, or the real id of a mapped one: mapping it would make the id
+// mean two sessions. On the way it places the create (see placeCreate). It
+// reports true when it answered.
+func (h *Handler) idTaken(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, req *createRequest, preferred string) bool {
+	id := req.id
 	_, err := h.index.Store.ClientOf(r.Context(), id)
 	if err == nil {
 		h.count(sessionMetrics.conflicts)
 		conflict(w, id, fmt.Sprintf("session id %s is already used by another session", id), nil)
-		return true, nil
+		return true
 	}
 	if !errors.Is(err, idmap.ErrNotFound) {
 		storageFailed(w, "session id mapping could not be read")
-		return true, nil
+		return true
 	}
-	answer, err := askUpstream(r, next, http.MethodGet, "/session/"+url.PathEscape(id), "", nil)
+	answer, err := h.placeCreate(r, next, req, preferred)
 	if err != nil {
-		upstreamFailed(w, failureStatus(err), "upstream could not be asked whether the id is free: "+err.Error())
-		return true, nil
+		h.placementFailed(w, err)
+		return true
 	}
 	switch {
 	case answer.ok():
 		h.count(sessionMetrics.conflicts)
 		conflict(w, id, fmt.Sprintf("session id %s is already used by an upstream session", id), nil)
-		return true, nil
+		return true
 	case answer.status != http.StatusNotFound:
 		h.relay(w, r, answer, false)
-		return true, nil
+		return true
 	}
-	return false, nil
+	return false
 }
 
 // upstreamCreateBody is the create body the upstream gets: the client's,

@@ -28,29 +28,29 @@ func (h *Handler) createDirect(w http.ResponseWriter, r *http.Request, next cadd
 	}
 	defer unlock()
 
-	upstream, err := h.probe.detect(r, next)
-	if err != nil {
-		upstreamFailed(w, failureStatus(err), "upstream could not be asked what it supports: "+err.Error())
-		return nil
-	}
-	if upstream.refusal != nil {
-		log.Error("direct mode cannot work with this upstream", zap.Error(upstream.refusal))
-		upstreamFailed(w, http.StatusNotImplemented, upstream.refusal.Error())
-		return nil
-	}
-	capability := upstream.idRoute
-
 	pending, err := h.index.Store.LoadPending(ctx, req.id)
 	pendingFound := err == nil
 	if err != nil && !errors.Is(err, idmap.ErrNotFound) {
 		storageFailed(w, "pending create could not be read: "+err.Error())
 		return nil
 	}
-	existing, err := askUpstream(r, next, http.MethodGet, "/session/"+url.PathEscape(req.id), "", nil)
+	existing, err := h.placeCreate(r, next, req, pending.Worker)
 	if err != nil {
-		upstreamFailed(w, failureStatus(err), "upstream could not be asked whether the id is free: "+err.Error())
+		h.placementFailed(w, err)
 		return nil
 	}
+	upstream, err := h.features(r, next)
+	if err != nil {
+		upstreamFailed(w, failureStatus(err), "upstream could not be asked what it supports: "+err.Error())
+		return nil
+	}
+	if upstream.refusal != nil {
+		log.Error("direct mode cannot work with this upstream", zap.String("worker", chosenWorker(r)), zap.Error(upstream.refusal))
+		upstreamFailed(w, http.StatusNotImplemented, upstream.refusal.Error())
+		return nil
+	}
+	capability := upstream.idRoute
+
 	if existing.ok() && pendingFound {
 		// An earlier attempt made the session and stopped before recording it:
 		// finish it when it was asked for with these fields, else replace it.
@@ -76,7 +76,7 @@ func (h *Handler) createDirect(w http.ResponseWriter, r *http.Request, next cadd
 		return nil
 	}
 
-	if err := h.index.Store.SavePending(ctx, idmap.Pending{ClientID: req.id, Fields: req.fields, Query: r.URL.RawQuery, Started: time.Now().UTC()}); err != nil {
+	if err := h.index.Store.SavePending(ctx, idmap.Pending{ClientID: req.id, Fields: req.fields, Query: r.URL.RawQuery, Started: time.Now().UTC(), Worker: chosenWorker(r)}); err != nil {
 		storageFailed(w, err.Error())
 		return nil
 	}
@@ -129,7 +129,7 @@ func (h *Handler) finishDirect(w http.ResponseWriter, r *http.Request, next cadd
 			}
 		}
 	}
-	if err := h.index.Save(ctx, idmap.Mapping{ClientID: req.id, RealID: req.id, Fields: req.fields, Created: time.Now().UTC()}); err != nil {
+	if err := h.index.Save(ctx, idmap.Mapping{ClientID: req.id, RealID: req.id, Fields: req.fields, Created: time.Now().UTC(), Worker: chosenWorker(r)}); err != nil {
 		storageFailed(w, "the session was created but its record could not be stored; retry the create")
 		return nil
 	}

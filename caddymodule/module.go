@@ -5,6 +5,7 @@ package caddymodule
 
 import (
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -97,7 +98,8 @@ type Handler struct {
 	NegativeTTL caddy.Duration `json:"negative_ttl,omitempty"`
 
 	duplicates idmap.DuplicatePolicy
-	probe      *capabilityProbe
+	probes     *sync.Map // worker → *capabilityProbe, for direct mode
+	fleet      *fleet
 	index      *idmap.Index
 	poolKey    string
 	logger     *zap.Logger
@@ -162,7 +164,8 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return err
 	}
 	h.duplicates = policy
-	h.probe = new(capabilityProbe)
+	h.probes = new(sync.Map)
+	h.fleet = new(fleet)
 
 	if err := registerMetrics(ctx.GetMetricsRegistry()); err != nil {
 		return err

@@ -17,8 +17,9 @@ import (
 )
 
 // sessionPathPrefixes are the route families whose next path segment is a
-// session id: OpenCode's v1 routes and its newer /api routes.
-var sessionPathPrefixes = []string{"/session/", "/api/session/"}
+// session id: OpenCode's v1 routes, its newer /api routes and its
+// experimental ones.
+var sessionPathPrefixes = []string{"/session/", "/api/session/", "/experimental/session/"}
 
 // sessionSegment finds the session id in a path like /session/{id}/message,
 // returning its bounds, or ok false for other paths.

@@ -8,9 +8,15 @@ import (
 	"go.uber.org/zap"
 )
 
-// ServeHTTP creates sessions under client ids, deletes them, and rewrites ids
-// on everything else that passes through.
+// ServeHTTP creates sessions under client ids, deletes them, routes every
+// request that names a session to the worker holding it, answers fleet-wide
+// reads from all workers, and rewrites ids on everything that passes through.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	if h.fleet.misconfigured.Load() {
+		writeError(w, http.StatusInternalServerError, "ConfigurationError", errMisrouting, nil)
+		return nil
+	}
+	rt := h.attachRoute(r)
 	if r.Header.Get("Upgrade") != "" {
 		// Websockets (terminal sessions) carry no session ids in their path,
 		// and a wrapped writer would get in the way of the upgrade.
@@ -21,17 +27,49 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return h.serveDoc(w, r, next)
 	case r.Method == http.MethodPost && (r.URL.Path == "/session" || r.URL.Path == "/api/session"):
 		return h.serveCreate(w, r, next)
-	case r.Method == http.MethodDelete && isSessionItem(r.URL.Path):
+	case r.Method == http.MethodGet && fleetReads[r.URL.Path] != nil:
+		if h.learnPool(r, next); h.fleet.several() {
+			return fleetReads[r.URL.Path](h, w, r, next)
+		}
+	}
+	if !h.routeRequest(w, r, next, rt) {
+		return nil
+	}
+	if r.Method == http.MethodDelete && isSessionItem(r.URL.Path) {
 		return h.serveDelete(w, r, next)
+	}
+	if r.Method == http.MethodPost && strings.HasSuffix(r.URL.Path, "/fork") && isSessionItem(strings.TrimSuffix(r.URL.Path, "/fork")) {
+		return h.proxyNewSession(w, r, next, nil)
 	}
 	if h.CreateMissing {
 		if id, ok := createMissingTarget(r); ok {
 			if answered := h.createMissing(w, r, next, id); answered {
 				return nil
 			}
+			// The session may be new, on the worker its create chose.
+			if !h.routeRequest(w, r, next, rt) {
+				return nil
+			}
 		}
 	}
 	return h.proxy(w, r, next, nil)
+}
+
+// routed finishes a proxied request: the handler learns from its route, and
+// a request for a session whose worker could not serve it is answered with a
+// 503 naming the worker, in opencode's error shape, instead of Caddy's bare
+// error. written says whether the response has started.
+func (h *Handler) routed(w http.ResponseWriter, r *http.Request, rt *route, err error, written bool) error {
+	rt.done(r)
+	if err == nil || written || rt == nil || rt.worker == "" {
+		return err
+	}
+	switch failureStatus(err) {
+	case http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
+		workerFailed(w, rt, err)
+		return nil
+	}
+	return err
 }
 
 // isSessionItem reports whether path names one session: /session/{id} or
@@ -44,19 +82,20 @@ func isSessionItem(path string) bool {
 // proxy forwards a request with its ids rewritten and rewrites the response.
 // body is the request body when the caller has read it already.
 func (h *Handler) proxy(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, body []byte) error {
+	rt := routeOf(r)
 	if h.Mode == ModeDirect {
 		// Ids are the upstream's own: nothing to rewrite.
 		if body != nil {
 			setBody(r, body)
 		}
-		return next.ServeHTTP(w, r)
+		return h.routed(w, r, rt, next.ServeHTTP(w, r), false)
 	}
 	if !h.toUpstream(w, r, body) {
 		return nil
 	}
 	if r.Method == http.MethodHead {
 		// No body to rewrite, and its Content-Length must stay the GET's.
-		return next.ServeHTTP(w, r)
+		return h.routed(w, r, rt, next.ServeHTTP(w, r), false)
 	}
 	rw := &rewritingWriter{
 		w:         w,
@@ -71,8 +110,10 @@ func (h *Handler) proxy(w http.ResponseWriter, r *http.Request, next caddyhttp.H
 		h.logger.Error("mapping lookup failed while rewriting a response", zap.Error(rw.lookup.err), zap.String("uri", r.RequestURI))
 	}
 	if err != nil && rw.mode == undecided {
-		return err // nothing written yet: let Caddy's error handling answer
+		// Nothing written yet: let Caddy's error handling answer.
+		return h.routed(w, r, rt, err, false)
 	}
+	rt.done(r)
 	if ferr := rw.finish(); err == nil {
 		err = ferr
 	}

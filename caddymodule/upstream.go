@@ -7,8 +7,10 @@ import (
 	"io"
 	"net/http"
 	"strconv"
+	"sync"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 )
 
 // maxUpstreamAnswer bounds what the handler buffers of its own calls upstream.
@@ -48,12 +50,26 @@ func (a *upstreamAnswer) ok() bool { return a.status >= 200 && a.status < 300 }
 
 // askUpstream sends a request of the handler's own through the rest of the
 // route (the reverse_proxy), so it gets the same upstream selection, health
-// checks, retries, timeouts and headers as the client's requests. The client's
+// checks, retries, timeouts and headers as the client's requests. It goes to
+// the worker of r's route (the session r is about), if any. The client's
 // headers (Authorization among them) come along; the body and its headers are
 // replaced. A transport failure is returned as an error carrying the status
 // the proxy chose (502, 503 or 504).
 func askUpstream(r *http.Request, next caddyhttp.Handler, method, path, rawQuery string, body []byte) (*upstreamAnswer, error) {
-	sub := r.Clone(r.Context())
+	sub, _ := withRoute(r, "", true)
+	return ask(sub, next, method, path, rawQuery, body)
+}
+
+// askWorker is askUpstream to one worker, or with worker "" to the one the
+// policy's fallback chooses; the route tells which it was.
+func askWorker(r *http.Request, next caddyhttp.Handler, worker, method, path, rawQuery string, body []byte) (*upstreamAnswer, *route, error) {
+	sub, rt := withRoute(r, worker, false)
+	answer, err := ask(sub, next, method, path, rawQuery, body)
+	return answer, rt, err
+}
+
+func ask(sub *http.Request, next caddyhttp.Handler, method, path, rawQuery string, body []byte) (*upstreamAnswer, error) {
+	sub = sub.Clone(sub.Context())
 	sub.Method = method
 	sub.URL.Path, sub.URL.RawPath, sub.URL.RawQuery = path, "", rawQuery
 	sub.RequestURI = sub.URL.RequestURI()
@@ -71,7 +87,12 @@ func askUpstream(r *http.Request, next caddyhttp.Handler, method, path, rawQuery
 	}
 	answer := &upstreamAnswer{header: http.Header{}}
 	err := next.ServeHTTP(answer, sub)
+	rt := routeOf(sub)
+	rt.done(sub)
 	if err != nil {
+		if rt != nil && rt.worker != "" {
+			return nil, fmt.Errorf("%s %s on worker %s: %w", method, path, rt.worker, err)
+		}
 		return nil, fmt.Errorf("%s %s: %w", method, path, err)
 	}
 	if answer.over {
@@ -81,6 +102,36 @@ func askUpstream(r *http.Request, next caddyhttp.Handler, method, path, rawQuery
 		answer.status = http.StatusOK
 	}
 	return answer, nil
+}
+
+// workerAnswer is one worker's answer to a request sent to every worker.
+type workerAnswer struct {
+	worker string
+	answer *upstreamAnswer
+	err    error
+}
+
+// askEach sends one request to every available worker of the pool at once,
+// and returns their answers in pool order. An unavailable worker is not
+// asked: its answer is an error.
+func askEach(r *http.Request, next caddyhttp.Handler, pool []*reverseproxy.Upstream, method, path, rawQuery string) []workerAnswer {
+	answers := make([]workerAnswer, len(pool))
+	var wg sync.WaitGroup
+	for i, u := range pool {
+		answers[i].worker = u.Dial
+		if !u.Available() {
+			answers[i].err = caddyhttp.Error(http.StatusServiceUnavailable, fmt.Errorf("worker %s is unavailable", u.Dial))
+			continue
+		}
+		sub, _ := withRoute(r, u.Dial, false)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			answers[i].answer, answers[i].err = ask(sub, next, method, path, rawQuery, nil)
+		}()
+	}
+	wg.Wait()
+	return answers
 }
 
 // setBody replaces a request's body with b and keeps its length headers true.

@@ -43,6 +43,7 @@ type Index struct {
 
 type entry struct {
 	id     string
+	worker string // for client ids: the worker of the mapping, if recorded
 	mapped bool
 }
 
@@ -86,26 +87,40 @@ func (x *Index) Close() { x.cache.Close() }
 
 // RealOf returns the real id of a client id, if it is mapped.
 func (x *Index) RealOf(ctx context.Context, clientID string) (string, bool, error) {
-	return x.resolve(ctx, "c:"+clientID, func() (string, error) {
+	e, err := x.resolve(ctx, "c:"+clientID, func() (entry, error) {
 		m, err := x.Store.Load(ctx, clientID)
-		return m.RealID, err
+		return entry{id: m.RealID, worker: m.Worker}, err
 	})
+	return e.id, e.mapped, err
+}
+
+// Route returns the real id of a client id and the worker its mapping
+// records (empty for mappings made before workers were recorded), if the id
+// is mapped. It answers from the same cache entry as RealOf.
+func (x *Index) Route(ctx context.Context, clientID string) (realID, worker string, mapped bool, err error) {
+	e, err := x.resolve(ctx, "c:"+clientID, func() (entry, error) {
+		m, err := x.Store.Load(ctx, clientID)
+		return entry{id: m.RealID, worker: m.Worker}, err
+	})
+	return e.id, e.worker, e.mapped, err
 }
 
 // ClientOf returns the client id of a real id, if it is mapped.
 func (x *Index) ClientOf(ctx context.Context, realID string) (string, bool, error) {
-	return x.resolve(ctx, "r:"+realID, func() (string, error) {
-		return x.Store.ClientOf(ctx, realID)
+	e, err := x.resolve(ctx, "r:"+realID, func() (entry, error) {
+		id, err := x.Store.ClientOf(ctx, realID)
+		return entry{id: id}, err
 	})
+	return e.id, e.mapped, err
 }
 
-func (x *Index) resolve(ctx context.Context, key string, load func() (string, error)) (string, bool, error) {
+func (x *Index) resolve(ctx context.Context, key string, load func() (entry, error)) (entry, error) {
 	e, hit := x.cache.Get(key)
 	if x.OnLookup != nil {
 		x.OnLookup(hit)
 	}
 	if hit {
-		return e.id, e.mapped, nil
+		return e, nil
 	}
 	for waited := false; ; waited = true {
 		x.mu.Lock()
@@ -116,26 +131,92 @@ func (x *Index) resolve(ctx context.Context, key string, load func() (string, er
 		}
 		x.mu.Unlock()
 
-		id, err := load()
+		e, err := load()
 		if err == nil {
-			x.cache.SetWithTTL(key, entry{id: id, mapped: true}, 1, x.TTL)
-			return id, true, nil
+			e.mapped = true
+			x.cache.SetWithTTL(key, e, 1, x.TTL)
+			return e, nil
 		}
 		if !errors.Is(err, ErrNotFound) {
-			return "", false, err
+			return entry{}, err
 		}
 		if len(creates) == 0 || waited {
 			x.rememberAbsent(key, generation)
-			return "", false, nil
+			return entry{}, nil
 		}
 		for _, c := range creates {
 			select {
 			case <-c.done:
 			case <-ctx.Done():
-				return "", false, ctx.Err()
+				return entry{}, ctx.Err()
 			}
 		}
 	}
+}
+
+// WorkerOf returns the recorded worker of an upstream session that has no
+// mapping naming one (see Store.SaveWorker).
+func (x *Index) WorkerOf(ctx context.Context, realID string) (string, bool, error) {
+	key := "w:" + realID
+	if e, hit := x.cache.Get(key); hit {
+		return e.worker, e.mapped, nil
+	}
+	x.mu.Lock()
+	generation := x.generation
+	x.mu.Unlock()
+	worker, err := x.Store.LoadWorker(ctx, realID)
+	switch {
+	case err == nil:
+		x.cache.SetWithTTL(key, entry{worker: worker, mapped: true}, 1, x.TTL)
+		return worker, true, nil
+	case errors.Is(err, ErrNotFound):
+		x.rememberAbsent(key, generation)
+		return "", false, nil
+	}
+	return "", false, err
+}
+
+// SaveWorker records the worker of an upstream session and makes it visible
+// to lookups at once.
+func (x *Index) SaveWorker(ctx context.Context, realID, worker string) error {
+	err := x.Store.SaveWorker(ctx, realID, worker)
+	x.mu.Lock()
+	x.generation++
+	x.cache.Del("w:" + realID)
+	if err == nil {
+		x.cache.SetWithTTL("w:"+realID, entry{worker: worker, mapped: true}, 1, x.TTL)
+	}
+	x.mu.Unlock()
+	return err
+}
+
+// MarkUnplaced remembers, for NegativeTTL, that no worker has an upstream
+// session, so that requests for an id that exists nowhere do not ask every
+// worker each time. Any change to the index forgets it.
+func (x *Index) MarkUnplaced(realID string) {
+	x.rememberAbsent("u:"+realID, x.currentGeneration())
+}
+
+// Unplaced reports whether MarkUnplaced is in force for realID.
+func (x *Index) Unplaced(realID string) bool {
+	_, hit := x.cache.Get("u:" + realID)
+	return hit
+}
+
+func (x *Index) currentGeneration() uint64 {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	return x.generation
+}
+
+// RemoveWorker forgets the worker of an upstream session that is gone.
+func (x *Index) RemoveWorker(ctx context.Context, realID string) error {
+	err := x.Store.RemoveWorker(ctx, realID)
+	x.mu.Lock()
+	x.generation++
+	x.cache.Del("w:" + realID)
+	x.mu.Unlock()
+	return err
 }
 
 func (x *Index) rememberAbsent(key string, generation uint64) {
@@ -190,7 +271,7 @@ func (x *Index) Save(ctx context.Context, m Mapping) error {
 		return err
 	}
 	x.forget(m)
-	x.cache.SetWithTTL("c:"+m.ClientID, entry{id: m.RealID, mapped: true}, 1, x.TTL)
+	x.cache.SetWithTTL("c:"+m.ClientID, entry{id: m.RealID, worker: m.Worker, mapped: true}, 1, x.TTL)
 	x.cache.SetWithTTL("r:"+m.RealID, entry{id: m.ClientID, mapped: true}, 1, x.TTL)
 	return nil
 }

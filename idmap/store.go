@@ -27,6 +27,10 @@ type Mapping struct {
 	RealID   string    `json:"real_id"`
 	Fields   Fields    `json:"fields"`
 	Created  time.Time `json:"created"`
+	// Worker is the upstream (its dial address, as reverse_proxy names it)
+	// that holds the session. Mappings written before workers were recorded
+	// have none; their worker is found by asking the workers (see Placement).
+	Worker string `json:"worker,omitempty"`
 }
 
 // Pending records a create that was about to reach the upstream. It is written
@@ -38,6 +42,8 @@ type Pending struct {
 	Fields   Fields    `json:"fields"`
 	Query    string    `json:"query"` // the create's raw query: where to look for the session
 	Started  time.Time `json:"started"`
+	// Worker is where the create was sent: the only place its session can be.
+	Worker string `json:"worker,omitempty"`
 }
 
 // Store keeps mappings in a Storage under one namespace:
@@ -45,6 +51,8 @@ type Pending struct {
 //	<root>/<namespace>/client/<client id>   Mapping, the commit point
 //	<root>/<namespace>/real/<real id>       the client id, an index
 //	<root>/<namespace>/pending/<client id>  Pending
+//	<root>/<namespace>/worker/<real id>     the worker of a session without a
+//	                                        worker in a mapping (see SaveWorker)
 //
 // A mapping is written index first and record last, and removed record first:
 // the client record is the single commit point, and an index entry without
@@ -155,6 +163,28 @@ func (s *Store) SavePending(ctx context.Context, p Pending) error {
 // RemovePending deletes the pending record of a client id, if any.
 func (s *Store) RemovePending(ctx context.Context, clientID string) error {
 	return s.delete(ctx, s.key("pending", clientID))
+}
+
+// LoadWorker returns the recorded worker of an upstream session.
+func (s *Store) LoadWorker(ctx context.Context, realID string) (string, error) {
+	raw, err := s.load(ctx, s.key("worker", realID))
+	return string(raw), err
+}
+
+// SaveWorker records which worker holds an upstream session that has no
+// mapping naming its worker: one created without an id, forked, made on a
+// worker directly, or mapped before workers were recorded. Upstream ids are
+// never reused, so a record outliving its session misleads no one.
+func (s *Store) SaveWorker(ctx context.Context, realID, worker string) error {
+	if err := s.put(ctx, s.key("worker", realID), []byte(worker)); err != nil {
+		return fmt.Errorf("store worker of %q: %w", realID, err)
+	}
+	return nil
+}
+
+// RemoveWorker deletes the worker record of an upstream session, if any.
+func (s *Store) RemoveWorker(ctx context.Context, realID string) error {
+	return s.delete(ctx, s.key("worker", realID))
 }
 
 // Lock takes the storage lock of a client id, which excludes every other

@@ -1,0 +1,229 @@
+package caddymodule
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"sync"
+	"sync/atomic"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+	"go.uber.org/zap"
+	"golang.org/x/sync/singleflight"
+)
+
+// fleet is what the handler knows of the workers behind reverse_proxy: the
+// upstream pool that lb_policy session_ids reported last. With the policy in
+// place every request refreshes it, so it follows reloads and dynamic
+// upstreams; without it the handler watches which upstreams answer, and a
+// second one means requests are being misrouted.
+type fleet struct {
+	pool atomic.Pointer[[]*reverseproxy.Upstream]
+
+	mu             sync.Mutex
+	withoutPolicy  map[string]struct{} // upstreams that answered with no policy in place
+	misconfigured  atomic.Bool
+	discovery      singleflight.Group
+	unplacedLogged atomic.Bool
+}
+
+// errMisrouting is the answer of a handler that found several upstreams
+// behind a reverse_proxy without the session-aware policy.
+const errMisrouting = "reverse_proxy balances several upstreams without lb_policy session_ids, so requests for a session would reach workers that do not hold it; add `lb_policy session_ids` to the reverse_proxy"
+
+// workers returns the last reported pool, or nil before the policy has run.
+func (f *fleet) workers() []*reverseproxy.Upstream {
+	if p := f.pool.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// several reports whether the pool has more than one worker, which is when
+// sessions need routing at all.
+func (f *fleet) several() bool { return len(f.workers()) > 1 }
+
+// member returns the upstream of a worker in the last reported pool.
+func (f *fleet) member(worker string) (*reverseproxy.Upstream, bool) {
+	for _, u := range f.workers() {
+		if u.Dial == worker {
+			return u, true
+		}
+	}
+	return nil, false
+}
+
+// observe learns from a request that went through reverse_proxy.
+func (h *Handler) observe(r *http.Request, rt *route) {
+	seen, _ := rt.outcome()
+	if seen {
+		rt.mu.Lock()
+		pool := rt.pool
+		rt.mu.Unlock()
+		if old := h.fleet.pool.Load(); old == nil || !samePool(*old, pool) {
+			h.fleet.pool.Store(&pool)
+		}
+		return
+	}
+	repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	if repl == nil {
+		return
+	}
+	upstream, _ := repl.GetString("http.reverse_proxy.upstream.hostport")
+	if upstream == "" {
+		return
+	}
+	h.fleet.mu.Lock()
+	defer h.fleet.mu.Unlock()
+	if h.fleet.withoutPolicy == nil {
+		h.fleet.withoutPolicy = map[string]struct{}{}
+	}
+	h.fleet.withoutPolicy[upstream] = struct{}{}
+	if len(h.fleet.withoutPolicy) > 1 && !h.fleet.misconfigured.Swap(true) {
+		seen := make([]string, 0, len(h.fleet.withoutPolicy))
+		for u := range h.fleet.withoutPolicy {
+			seen = append(seen, u)
+		}
+		h.logger.Error("misconfiguration: session_ids refuses every request from now on", zap.String("problem", errMisrouting), zap.Strings("upstreams", seen))
+	}
+}
+
+func samePool(a, b []*reverseproxy.Upstream) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// learnPool makes sure the pool is known before the handler needs all of
+// it, by sending one cheap request through the policy.
+func (h *Handler) learnPool(r *http.Request, next caddyhttp.Handler) {
+	if h.fleet.pool.Load() != nil {
+		return
+	}
+	_, _, _ = askWorker(r, next, "", http.MethodGet, "/global/health", "", nil)
+}
+
+// errWorkerUnknown: the session may be on a worker that cannot be asked.
+type errWorkerUnknown struct {
+	session string
+	down    []string
+}
+
+func (e errWorkerUnknown) Error() string {
+	return fmt.Sprintf("the worker of session %s is not recorded, and workers that could hold it are unavailable: %v", e.session, e.down)
+}
+
+// workerOf returns the worker that holds the session the client calls id,
+// or "" when the session is not known anywhere (the fallback then chooses,
+// and the worker it reaches answers 404 as a lone opencode would).
+func (h *Handler) workerOf(r *http.Request, next caddyhttp.Handler, id string) (string, error) {
+	ctx := r.Context()
+	realID, worker, mapped, err := h.index.Route(ctx, id)
+	if err != nil {
+		return "", err
+	}
+	if mapped && worker != "" {
+		return worker, nil
+	}
+	if !mapped {
+		realID = id
+	}
+	if !h.fleet.several() {
+		return "", nil
+	}
+	if worker, known, err := h.index.WorkerOf(ctx, realID); err != nil || known {
+		return worker, err
+	}
+	if h.index.Unplaced(realID) {
+		return "", nil
+	}
+	found, err, _ := h.fleet.discovery.Do(realID, func() (any, error) {
+		return h.discover(r, next, realID)
+	})
+	if err != nil {
+		return "", err
+	}
+	return found.(string), nil
+}
+
+// discover asks every worker for a session whose worker is not recorded, and
+// records the one that has it. Sessions the handler did not create (made
+// without an id, forked, made by opencode itself as children, or made on a
+// worker directly) and mappings written before workers were recorded are
+// found this way once.
+func (h *Handler) discover(r *http.Request, next caddyhttp.Handler, realID string) (string, error) {
+	answers := askEach(r, next, h.fleet.workers(), http.MethodGet, "/session/"+url.PathEscape(realID), "")
+	var down []string
+	for _, a := range answers {
+		switch {
+		case a.err == nil && a.answer.ok():
+			if err := h.index.SaveWorker(r.Context(), realID, a.worker); err != nil {
+				return "", err
+			}
+			h.logger.Info("found the worker of a session", zap.String("real_id", realID), zap.String("worker", a.worker))
+			return a.worker, nil
+		case a.err != nil || a.answer.status != http.StatusNotFound:
+			down = append(down, a.worker)
+		}
+	}
+	if len(down) > 0 {
+		return "", errWorkerUnknown{session: realID, down: down}
+	}
+	h.index.MarkUnplaced(realID)
+	return "", nil
+}
+
+// routeRequest attaches to a client's request the worker of the session its
+// path names. It answers the client itself and returns false when that
+// worker cannot be known or is not configured.
+func (h *Handler) routeRequest(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, rt *route) bool {
+	start, end, ok := sessionSegment(r.URL.Path)
+	if !ok {
+		return true
+	}
+	id := r.URL.Path[start:end]
+	worker, err := h.workerOf(r, next, id)
+	var unknown errWorkerUnknown
+	switch {
+	case errors.As(err, &unknown):
+		upstreamFailed(w, http.StatusServiceUnavailable, unknown.Error())
+		return false
+	case err != nil:
+		storageFailed(w, "session id mapping could not be read: "+err.Error())
+		return false
+	}
+	if worker != "" && !h.workerConfigured(w, id, worker) {
+		return false
+	}
+	rt.worker, rt.session = worker, id
+	return true
+}
+
+// workerConfigured answers 503 and returns false when a session's worker is
+// not in the pool reverse_proxy balances (taken out of the configuration):
+// waiting for it would be pointless, and sending the request elsewhere would
+// be wrong. The session works again once the worker is configured again.
+func (h *Handler) workerConfigured(w http.ResponseWriter, session, worker string) bool {
+	if h.fleet.pool.Load() == nil {
+		return true // not known yet: the policy decides
+	}
+	if _, ok := h.fleet.member(worker); ok {
+		return true
+	}
+	upstreamFailed(w, http.StatusServiceUnavailable, fmt.Sprintf("session %s is held by worker %s, which is not among reverse_proxy's upstreams", session, worker))
+	return false
+}
+
+// workerFailed answers a request whose session's worker could not serve it.
+func workerFailed(w http.ResponseWriter, rt *route, err error) {
+	upstreamFailed(w, http.StatusServiceUnavailable, fmt.Sprintf("session %s is held by worker %s, which is unavailable (%v); requests for it wait up to lb_try_duration and never go to another worker", rt.session, rt.worker, err))
+}
