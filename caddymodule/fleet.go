@@ -23,6 +23,10 @@ import (
 type fleet struct {
 	pool atomic.Pointer[[]*reverseproxy.Upstream]
 
+	// noPolicy: a request went through reverse_proxy without the policy
+	// selecting, so there is no pool to learn.
+	noPolicy atomic.Bool
+
 	mu             sync.Mutex
 	withoutPolicy  map[string]struct{} // upstreams that answered with no policy in place
 	misconfigured  atomic.Bool
@@ -68,6 +72,7 @@ func (h *Handler) observe(r *http.Request, rt *route) {
 		}
 		return
 	}
+	h.fleet.noPolicy.Store(true)
 	repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	if repl == nil {
 		return
@@ -104,12 +109,13 @@ func samePool(a, b []*reverseproxy.Upstream) bool {
 }
 
 // learnPool makes sure the pool is known before the handler needs all of
-// it, by sending one cheap request through the policy.
+// it, by sending one cheap request (a HEAD, whose answer does not matter)
+// through the policy. Without the policy there is nothing to learn.
 func (h *Handler) learnPool(r *http.Request, next caddyhttp.Handler) {
-	if h.fleet.pool.Load() != nil {
+	if h.fleet.pool.Load() != nil || h.fleet.noPolicy.Load() {
 		return
 	}
-	_, _, _ = askWorker(r, next, "", http.MethodGet, "/global/health", "", nil)
+	_, _, _ = askWorker(r, next, "", http.MethodHead, "/global/health", "", nil)
 }
 
 // errWorkerUnknown: the session may be on a worker that cannot be asked.
@@ -225,5 +231,5 @@ func (h *Handler) workerConfigured(w http.ResponseWriter, session, worker string
 
 // workerFailed answers a request whose session's worker could not serve it.
 func workerFailed(w http.ResponseWriter, rt *route, err error) {
-	upstreamFailed(w, http.StatusServiceUnavailable, fmt.Sprintf("session %s is held by worker %s, which is unavailable (%v); requests for it wait up to lb_try_duration and never go to another worker", rt.session, rt.worker, err))
+	upstreamFailed(w, http.StatusServiceUnavailable, fmt.Sprintf("session %s is held by worker %s, which is unavailable (%s); requests for it wait up to lb_try_duration and never go to another worker", rt.session, rt.worker, cause(err)))
 }

@@ -90,10 +90,11 @@ func ask(sub *http.Request, next caddyhttp.Handler, method, path, rawQuery strin
 	rt := routeOf(sub)
 	rt.done(sub)
 	if err != nil {
+		op := method + " " + path
 		if rt != nil && rt.worker != "" {
-			return nil, fmt.Errorf("%s %s on worker %s: %w", method, path, rt.worker, err)
+			op += " on worker " + rt.worker
 		}
-		return nil, fmt.Errorf("%s %s: %w", method, path, err)
+		return nil, askError{op: op, err: err}
 	}
 	if answer.over {
 		return nil, caddyhttp.Error(http.StatusBadGateway, fmt.Errorf("%s %s: upstream answer over %d bytes", method, path, maxUpstreamAnswer))
@@ -132,6 +133,29 @@ func askEach(r *http.Request, next caddyhttp.Handler, pool []*reverseproxy.Upstr
 	}
 	wg.Wait()
 	return answers
+}
+
+// askError is a request of the handler's own that failed; it keeps the
+// proxy's status for failureStatus and reads without Caddy's error ids.
+type askError struct {
+	op  string
+	err error
+}
+
+func (e askError) Error() string { return e.op + ": " + cause(e.err) }
+func (e askError) Unwrap() error { return e.err }
+
+// cause is what went wrong, in words: a Caddy handler error without its
+// request id and trace.
+func cause(err error) string {
+	var he caddyhttp.HandlerError
+	if errors.As(err, &he) {
+		if he.Err != nil {
+			return he.Err.Error()
+		}
+		return http.StatusText(he.StatusCode)
+	}
+	return err.Error()
 }
 
 // setBody replaces a request's body with b and keeps its length headers true.
