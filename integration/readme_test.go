@@ -14,10 +14,15 @@ import (
 )
 
 // readmeSnippet returns the code block that follows <!-- spawn:<lang> --> in
-// the README.
+// the README, or in docs/spawn.md for the languages the README leaves there
+// to stay short.
 func readmeSnippet(t *testing.T, lang string) string {
 	t.Helper()
-	return markedBlock(t, filepath.Join(repoRoot, "README.md"), "<!-- spawn:"+lang+" -->\n```[a-z]*\n")
+	file := filepath.Join(repoRoot, "README.md")
+	if lang == "go" {
+		file = filepath.Join(repoRoot, "docs", "spawn.md")
+	}
+	return markedBlock(t, file, "<!-- spawn:"+lang+" -->\n```[a-z]*\n")
 }
 
 // derivationSnippet returns docs/derivation.md's code block in lang.
@@ -39,9 +44,10 @@ func markedBlock(t *testing.T, file, opening string) string {
 	return m[1]
 }
 
-// TestReadmeSpawnSnippets runs the README's "spawn a worker" snippets as they
-// stand against the proxy in front of a real opencode. They all derive the
-// same id, so the first run creates the worker and the others resume it.
+// TestReadmeSpawnSnippets runs the "spawn a worker" snippets of the README and
+// docs/spawn.md as they stand against the proxy in front of a real opencode.
+// They all derive the same id, so the first run creates the worker and the
+// others resume it.
 func TestReadmeSpawnSnippets(t *testing.T) {
 	model := startFakeModel(t)
 	oc := startOpencode(t, model, "")
