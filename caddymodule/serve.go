@@ -24,6 +24,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	case r.Method == http.MethodDelete && isSessionItem(r.URL.Path):
 		return h.serveDelete(w, r, next)
 	}
+	if id, route, ok := h.keyedPrompt(r); ok {
+		if _, missing := createMissingTarget(r); missing && h.CreateMissing && h.createMissing(w, r, next, id) {
+			return nil
+		}
+		return h.servePrompt(w, r, next, id, route)
+	}
 	if h.CreateMissing {
 		if id, ok := createMissingTarget(r); ok {
 			if answered := h.createMissing(w, r, next, id); answered {
