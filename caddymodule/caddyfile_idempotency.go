@@ -34,6 +34,9 @@ func (h *Handler) unmarshalIdempotency(d *caddyfile.Dispenser) error {
 	}
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		option := d.Val()
+		if option != "ttl" && option != "wait" && option != "confirm" {
+			return d.Errf("unknown idempotency option %q: want ttl, wait or confirm", option)
+		}
 		if !d.NextArg() {
 			return d.Errf("idempotency %s needs a duration", option)
 		}
@@ -58,8 +61,6 @@ func (h *Handler) unmarshalIdempotency(d *caddyfile.Dispenser) error {
 			c.Wait = caddy.Duration(dur)
 		case "confirm":
 			c.Confirm = caddy.Duration(dur)
-		default:
-			return d.Errf("unknown idempotency option %q: want ttl, wait or confirm", option)
 		}
 	}
 	return nil

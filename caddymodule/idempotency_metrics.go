@@ -26,4 +26,6 @@ func registerPromptMetrics(registry *prometheus.Registry) error {
 	return nil
 }
 
-func (h *Handler) countPrompt(outcome string) { promptMetrics.WithLabelValues(h.Namespace, outcome).Inc() }
+func (h *Handler) countPrompt(outcome string) {
+	promptMetrics.WithLabelValues(h.Namespace, outcome).Inc()
+}
