@@ -164,7 +164,10 @@ func TestIdempotentPrompts(t *testing.T) {
 		answers := make(chan keyed, 50)
 		for range 50 {
 			wg.Add(1)
-			go func() { defer wg.Done(); answers <- sendKeyed(proxy.URL, "prompt_async", id, "fifty", "hello", 30*time.Second) }()
+			go func() {
+				defer wg.Done()
+				answers <- sendKeyed(proxy.URL, "prompt_async", id, "fifty", "hello", 30*time.Second)
+			}()
 		}
 		wg.Wait()
 		close(answers)
