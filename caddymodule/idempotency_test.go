@@ -403,3 +403,43 @@ func TestTheIdempotencyCaddyfileOption(t *testing.T) {
 		})
 	}
 }
+
+func TestTheOpenAPIDocumentDeclaresTheKeyOnThePromptRoutes(t *testing.T) {
+	h := &Handler{Idempotency: &Idempotency{TTL: caddy.Duration(time.Hour)}}
+	doc := map[string]any{"paths": map[string]any{
+		"/session/{sessionID}/prompt_async": map[string]any{"post": map[string]any{"responses": map[string]any{"204": map[string]any{}}}},
+		"/session/{sessionID}/shell": map[string]any{"post": map[string]any{"responses": map[string]any{"200": map[string]any{},
+			"409": jsonResponse("busy", map[string]any{"$ref": "#/components/schemas/SessionBusyError"})}}},
+		"/session/{sessionID}/todo": map[string]any{"get": map[string]any{}},
+	}}
+	h.augment(doc)
+	raw, _ := json.Marshal(doc)
+	var got struct {
+		Paths map[string]map[string]struct {
+			Parameters []struct{ Name, In string }
+			Responses  map[string]struct {
+				Headers map[string]any
+				Content map[string]struct{ Schema map[string]any }
+			}
+		}
+	}
+	json.Unmarshal(raw, &got)
+	for _, route := range []string{"/session/{sessionID}/prompt_async", "/session/{sessionID}/shell"} {
+		op := got.Paths[route]["post"]
+		if len(op.Parameters) != 1 || op.Parameters[0].Name != IdempotencyHeader || op.Parameters[0].In != "header" {
+			t.Fatalf("%s parameters: %+v", route, op.Parameters)
+		}
+		if _, ok := op.Responses["422"]; !ok {
+			t.Fatalf("%s has no 422", route)
+		}
+		if _, ok := op.Responses["409"]; !ok {
+			t.Fatalf("%s has no 409", route)
+		}
+	}
+	if got.Paths["/session/{sessionID}/prompt_async"]["post"].Responses["204"].Headers[ReplayHeader] == nil {
+		t.Fatal("prompt_async's 204 lacks the replay header")
+	}
+	if busy := got.Paths["/session/{sessionID}/shell"]["post"].Responses["409"].Content["application/json"].Schema["anyOf"]; busy == nil {
+		t.Fatal("shell's own 409 (session busy) was replaced instead of kept beside the in-progress one")
+	}
+}

@@ -256,6 +256,30 @@ func TestIdempotentPrompts(t *testing.T) {
 		once(t, proxy.URL, id, "hello from the SDK", before)
 	})
 
+	t.Run("the OpenAPI document declares the header, and a generated client takes it on prompt_async", func(t *testing.T) {
+		tools := jstools.Ensure(t)
+		dir := t.TempDir()
+		if err := os.WriteFile(filepath.Join(dir, "openapi.json"), call(t, "GET", proxy.URL+"/doc", nil, "").Body, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		cmd := exec.Command(jstools.Bin(tools, "openapi-ts"), "-i", "openapi.json", "-o", "client", "-c", "@hey-api/client-fetch")
+		cmd.Dir = dir
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("openapi-ts: %v\n%s", err, out)
+		}
+		types, err := os.ReadFile(filepath.Join(dir, "client", "types.gen.ts"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		block := regexp.MustCompile(`(?s)export type SessionPromptAsyncData = \{(.*?)\n\};`).FindSubmatch(types)
+		if block == nil || !strings.Contains(string(block[1]), `'Idempotency-Key'?: string;`) {
+			t.Fatalf("the generated SessionPromptAsyncData has no Idempotency-Key header: %s", block)
+		}
+		if !bytes.Contains(types, []byte("IdempotencyKeyMismatchError")) {
+			t.Fatal("the generated types lack the 422 error")
+		}
+	})
+
 	t.Run("the curl retry loop of docs/idempotency.md runs the prompt once", func(t *testing.T) {
 		id, before := newSession(t, proxy.URL, "curl"), model.agentCalls.Load()
 		script := docsBlock(t, "docs/idempotency.md", "retry-loop")
