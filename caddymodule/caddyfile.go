@@ -33,6 +33,11 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		cache_ttl       <duration>
 //		negative_ttl    <duration>
 //		create_missing  [true|false]
+//		idempotency     off | {
+//			ttl     <duration>
+//			wait    <duration>
+//			confirm <duration>
+//		}
 //	}
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // the directive name
@@ -52,6 +57,12 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			if d.NextArg() {
 				return d.ArgErr()
+			}
+			continue
+		}
+		if option == "idempotency" {
+			if err := h.unmarshalIdempotency(d); err != nil {
+				return err
 			}
 			continue
 		}

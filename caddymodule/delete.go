@@ -48,6 +48,7 @@ func (h *Handler) serveDelete(w http.ResponseWriter, r *http.Request, next caddy
 			storageFailed(w, "the session was deleted but its id mapping could not be removed; retry the delete")
 			return nil
 		}
+		h.forgetPrompts(ctx, id)
 		h.logger.Info("session deleted", zap.String("session_id", id), zap.String("real_id", m.RealID))
 	}
 	h.relay(w, r, answer, false)

@@ -1,10 +1,12 @@
 package caddymodule
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
 	"net/url"
+	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -194,6 +196,9 @@ func (h *Handler) discover(r *http.Request, next caddyhttp.Handler, realID strin
 func (h *Handler) routeRequest(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, rt *route) bool {
 	start, end, ok := sessionSegment(r.URL.Path)
 	if !ok {
+		if list, requestID, ok := pendingRequestPath(r.URL.Path); ok && h.fleet.several() {
+			rt.worker = h.workerAsking(r, next, list, requestID)
+		}
 		return true
 	}
 	id := r.URL.Path[start:end]
@@ -232,4 +237,44 @@ func (h *Handler) workerConfigured(w http.ResponseWriter, session, worker string
 // workerFailed answers a request whose session's worker could not serve it.
 func workerFailed(w http.ResponseWriter, rt *route, err error) {
 	upstreamFailed(w, http.StatusServiceUnavailable, fmt.Sprintf("session %s is held by worker %s, which is unavailable (%s); requests for it wait up to lb_try_duration and never go to another worker", rt.session, rt.worker, cause(err)))
+}
+
+// pendingRequestPath recognises the answer to a pending permission or
+// question request, /permission/{id}/reply or /question/{id}/reply|reject,
+// and returns the list that holds the request and the request's id.
+func pendingRequestPath(path string) (list, id string, ok bool) {
+	for _, list := range []string{"/permission/", "/question/"} {
+		rest, found := strings.CutPrefix(path, list)
+		if !found {
+			continue
+		}
+		id, action, found := strings.Cut(rest, "/")
+		if found && id != "" && (action == "reply" || action == "reject") {
+			return strings.TrimSuffix(list, "/"), id, true
+		}
+	}
+	return "", "", false
+}
+
+// workerAsking returns the worker whose list of pending requests holds the
+// request id: the one waiting for the answer. It is "" when no worker lists
+// it, and the worker that the fallback picks then answers 404.
+func (h *Handler) workerAsking(r *http.Request, next caddyhttp.Handler, list, requestID string) string {
+	for _, a := range askEach(r, next, h.fleet.workers(), http.MethodGet, list, r.URL.RawQuery) {
+		if a.err != nil || !a.answer.ok() {
+			continue
+		}
+		var pending []struct {
+			ID string `json:"id"`
+		}
+		if json.Unmarshal(a.answer.body.Bytes(), &pending) != nil {
+			continue
+		}
+		for _, p := range pending {
+			if p.ID == requestID {
+				return a.worker
+			}
+		}
+	}
+	return ""
 }

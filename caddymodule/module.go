@@ -97,11 +97,19 @@ type Handler struct {
 	// this time. Default: 2s. A negative value disables negative caching.
 	NegativeTTL caddy.Duration `json:"negative_ttl,omitempty"`
 
+	// Idempotency configures the Idempotency-Key header on the prompt
+	// routes, which makes a retried prompt run once (see Idempotency and
+	// docs/idempotency.md). On by default; requests without the header are
+	// never affected.
+	Idempotency *Idempotency `json:"idempotency,omitempty"`
+
 	duplicates idmap.DuplicatePolicy
 	probes     *sync.Map // worker → *capabilityProbe, for direct mode
 	fleet      *fleet
 	index      *idmap.Index
 	poolKey    string
+	sweeperKey string
+	fault      func() // test-only (FaultEnv)
 	logger     *zap.Logger
 }
 
@@ -192,7 +200,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return err
 	}
 	h.index = value.(pooledIndex).Index
-	return nil
+	return h.provisionIdempotency(ctx)
 }
 
 // storageIdentity names a storage so that configs using the same storage share
@@ -224,6 +232,7 @@ func (h *Handler) Cleanup() error {
 	if h.poolKey == "" {
 		return nil
 	}
+	h.stopSweeper()
 	_, err := indexes.Delete(h.poolKey)
 	return err
 }

@@ -52,6 +52,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 			}
 		}
 	}
+	if id, route, ok := h.keyedPrompt(r); ok {
+		return h.servePrompt(w, r, next, id, route)
+	}
 	return h.proxy(w, r, next, nil)
 }
 

@@ -1,8 +1,10 @@
 package integration
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"sync/atomic"
@@ -19,6 +21,9 @@ const ModelReply = "Hello from the fake model."
 type fakeModel struct {
 	*httptest.Server
 	calls atomic.Int64
+	// agentCalls counts the calls of the agent loop (they offer tools),
+	// leaving out title generation: one per prompt that gets a reply.
+	agentCalls atomic.Int64
 }
 
 func startFakeModel(tb testing.TB) *fakeModel {
@@ -35,6 +40,9 @@ func (m *fakeModel) serve(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	m.calls.Add(1)
+	if body, _ := io.ReadAll(r.Body); bytes.Contains(body, []byte(`"tools"`)) {
+		m.agentCalls.Add(1)
+	}
 	w.Header().Set("Content-Type", "text/event-stream")
 	chunk := func(delta map[string]any, finish any) {
 		b, _ := json.Marshal(map[string]any{
