@@ -115,7 +115,7 @@ func (h *Handler) followWorker(ctx context.Context, base *http.Request, next cad
 		if u.Available() {
 			sub, rt := withRoute(base, dial, false)
 			sink := &eventSink{ctx: ctx, events: events, header: http.Header{}}
-			err := next.ServeHTTP(sink, sub)
+			err := serveOwn(next, sink, sub)
 			rt.done(sub)
 			if err != nil && ctx.Err() == nil {
 				h.logger.Debug("worker event stream ended", zap.String("worker", dial), zap.Error(err))

@@ -86,7 +86,7 @@ func ask(sub *http.Request, next caddyhttp.Handler, method, path, rawQuery strin
 		sub.Header.Set("Content-Type", "application/json")
 	}
 	answer := &upstreamAnswer{header: http.Header{}}
-	err := next.ServeHTTP(answer, sub)
+	err := serveOwn(next, answer, sub)
 	rt := routeOf(sub)
 	rt.done(sub)
 	if err != nil {
@@ -133,6 +133,23 @@ func askEach(r *http.Request, next caddyhttp.Handler, pool []*reverseproxy.Upstr
 	}
 	wg.Wait()
 	return answers
+}
+
+// serveOwn sends a request of the handler's own through next. reverse_proxy
+// aborts a response that broke off mid-body by panicking with
+// http.ErrAbortHandler, which net/http recovers for the client's request; on
+// the handler's own requests, some on goroutines of their own, that panic
+// must end the request, not the process.
+func serveOwn(next caddyhttp.Handler, w http.ResponseWriter, r *http.Request) (err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			if v != http.ErrAbortHandler {
+				panic(v)
+			}
+			err = caddyhttp.Error(http.StatusBadGateway, errors.New("the upstream's response broke off"))
+		}
+	}()
+	return next.ServeHTTP(w, r)
 }
 
 // askError is a request of the handler's own that failed; it keeps the
