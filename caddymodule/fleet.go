@@ -23,7 +23,7 @@ import (
 // upstreams; without it the handler watches which upstreams answer, and a
 // second one means requests are being misrouted.
 type fleet struct {
-	pool atomic.Pointer[[]*reverseproxy.Upstream]
+	pool atomic.Pointer[knownPool]
 
 	// noPolicy: a request went through reverse_proxy without the policy
 	// selecting, so there is no pool to learn.
@@ -40,10 +40,24 @@ type fleet struct {
 // behind a reverse_proxy without the session-aware policy.
 const errMisrouting = "reverse_proxy balances several upstreams without lb_policy session_ids, so requests for a session would reach workers that do not hold it; add `lb_policy session_ids` to the reverse_proxy"
 
+// knownPool is a pool the policy reported, indexed by dial address.
+type knownPool struct {
+	upstreams []*reverseproxy.Upstream
+	byDial    map[string]*reverseproxy.Upstream
+}
+
+func newKnownPool(pool []*reverseproxy.Upstream) *knownPool {
+	k := &knownPool{upstreams: pool, byDial: make(map[string]*reverseproxy.Upstream, len(pool))}
+	for _, u := range pool {
+		k.byDial[u.Dial] = u
+	}
+	return k
+}
+
 // workers returns the last reported pool, or nil before the policy has run.
 func (f *fleet) workers() []*reverseproxy.Upstream {
 	if p := f.pool.Load(); p != nil {
-		return *p
+		return p.upstreams
 	}
 	return nil
 }
@@ -54,12 +68,12 @@ func (f *fleet) several() bool { return len(f.workers()) > 1 }
 
 // member returns the upstream of a worker in the last reported pool.
 func (f *fleet) member(worker string) (*reverseproxy.Upstream, bool) {
-	for _, u := range f.workers() {
-		if u.Dial == worker {
-			return u, true
-		}
+	p := f.pool.Load()
+	if p == nil {
+		return nil, false
 	}
-	return nil, false
+	u, ok := p.byDial[worker]
+	return u, ok
 }
 
 // observe learns from a request that went through reverse_proxy.
@@ -69,8 +83,8 @@ func (h *Handler) observe(r *http.Request, rt *route) {
 		rt.mu.Lock()
 		pool := rt.pool
 		rt.mu.Unlock()
-		if old := h.fleet.pool.Load(); old == nil || !samePool(*old, pool) {
-			h.fleet.pool.Store(&pool)
+		if old := h.fleet.pool.Load(); old == nil || !samePool(old.upstreams, pool) {
+			h.fleet.pool.Store(newKnownPool(pool))
 		}
 		return
 	}
@@ -98,16 +112,10 @@ func (h *Handler) observe(r *http.Request, rt *route) {
 	}
 }
 
+// samePool reports whether two reported pools are one: static upstreams are
+// the same slice on every request, so this costs the same for any size.
 func samePool(a, b []*reverseproxy.Upstream) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
+	return len(a) == len(b) && (len(a) == 0 || &a[0] == &b[0])
 }
 
 // learnPool makes sure the pool is known before the handler needs all of
@@ -145,7 +153,7 @@ func (h *Handler) workerOf(r *http.Request, next caddyhttp.Handler, id string) (
 	if !mapped {
 		realID = id
 	}
-	if !h.fleet.several() {
+	if h.learnPool(r, next); !h.fleet.several() {
 		return "", nil
 	}
 	if worker, known, err := h.index.WorkerOf(ctx, realID); err != nil || known {
