@@ -87,59 +87,12 @@ func TestClients(t *testing.T) {
 
 	t.Run("the official SDK creates, prompts, reads and watches under the client's ids", func(t *testing.T) {
 		v1ID, v2ID := fmt.Sprintf("ses_sdk1_%d", time.Now().UnixNano()), fmt.Sprintf("ses_sdk2_%d", time.Now().UnixNano())
-		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-		defer cancel()
-		cmd := exec.CommandContext(ctx, "node", filepath.Join(tools, "sdk-flow.mjs"), proxy.URL, v1ID, v2ID)
-		out, err := cmd.Output()
-		if err != nil {
-			t.Fatalf("sdk flow: %v\n%s", err, out)
-		}
-		var got struct {
-			V1Create struct {
-				Status    int
-				ID, Title string
-			}
-			V1Replay struct {
-				Status   int
-				Replayed string
-			}
-			V2Create struct {
-				Status int
-				ID     string
-			}
-			V2Get struct {
-				Status int
-				ID     string
-			}
-			Prompt   int
-			Messages []struct{ SessionID, Role, Text string }
-			Events   []json.RawMessage
-		}
-		if err := json.Unmarshal(out, &got); err != nil {
-			t.Fatalf("%v: %s", err, out)
-		}
-		if got.V1Create.Status != 200 || got.V1Create.ID != v1ID || got.V1Replay.Replayed != "true" {
-			t.Fatalf("v1 create/replay: %+v %+v", got.V1Create, got.V1Replay)
-		}
-		if got.V2Create.Status != 200 || got.V2Create.ID != v2ID || got.V2Get.ID != v2ID {
-			t.Fatalf("v2 create/get: %+v %+v", got.V2Create, got.V2Get)
-		}
-		if got.Prompt != 204 || len(got.Messages) < 2 || got.Messages[len(got.Messages)-1].Text != ModelReply {
-			t.Fatalf("prompt %d, messages %+v", got.Prompt, got.Messages)
-		}
-		for _, m := range got.Messages {
-			if m.SessionID != v1ID {
-				t.Fatalf("a message of session %q", m.SessionID)
-			}
-		}
+		got := runSDKFlow(t, tools, proxy.URL, v1ID, v2ID)
 		real := realID(t, oc, v1ID)
 		for _, e := range got.Events {
 			if strings.Contains(string(e), real) {
 				t.Fatalf("an event carried the real id: %s", e)
 			}
-		}
-		if len(got.Events) < 3 {
-			t.Fatalf("only %d events", len(got.Events))
 		}
 	})
 
@@ -199,4 +152,64 @@ func TestClients(t *testing.T) {
 			t.Fatalf("validate: %v %s", err, out)
 		}
 	})
+}
+
+// sdkFlow is what internal/jstools/sdk-flow.mjs saw, driving a proxy with the
+// official SDK.
+type sdkFlow struct {
+	V1Create struct {
+		Status    int
+		ID, Title string
+	}
+	V1Replay struct {
+		Status   int
+		Replayed string
+	}
+	V2Create struct {
+		Status int
+		ID     string
+	}
+	V2Get struct {
+		Status int
+		ID     string
+	}
+	Prompt   int
+	Messages []struct{ SessionID, Role, Text string }
+	Events   []json.RawMessage
+}
+
+// runSDKFlow runs the SDK flow against base and checks what every proxy
+// must give it: both creates under the chosen ids, a replay, a prompt
+// answered under the v1 id, and events.
+func runSDKFlow(t *testing.T, tools, base, v1ID, v2ID string) sdkFlow {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "node", filepath.Join(tools, "sdk-flow.mjs"), base, v1ID, v2ID)
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("sdk flow: %v\n%s", err, out)
+	}
+	var got sdkFlow
+	if err := json.Unmarshal(out, &got); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	if got.V1Create.Status != 200 || got.V1Create.ID != v1ID || got.V1Replay.Replayed != "true" {
+		t.Fatalf("v1 create/replay: %+v %+v", got.V1Create, got.V1Replay)
+	}
+	if got.V2Create.Status != 200 || got.V2Create.ID != v2ID || got.V2Get.ID != v2ID {
+		t.Fatalf("v2 create/get: %+v %+v", got.V2Create, got.V2Get)
+	}
+	if got.Prompt != 204 || len(got.Messages) < 2 || got.Messages[len(got.Messages)-1].Text != ModelReply {
+		t.Fatalf("prompt %d, messages %+v", got.Prompt, got.Messages)
+	}
+	for _, m := range got.Messages {
+		if m.SessionID != v1ID {
+			t.Fatalf("a message of session %q", m.SessionID)
+		}
+	}
+	if len(got.Events) < 3 {
+		t.Fatalf("only %d events", len(got.Events))
+	}
+	return got
 }

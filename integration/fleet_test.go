@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -13,6 +14,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/sessionid/caddy-sessionid/internal/jstools"
 )
 
 // fleet is several stock opencode workers behind one Caddy on
@@ -105,6 +108,17 @@ func TestFleet(t *testing.T) {
 	run := time.Now().UnixNano()
 	id := func(kind string, i int) string { return fmt.Sprintf("ses_fleet_%s_%d_%d", kind, i, run) }
 
+	// Mappings written by the single-worker version have no worker: sessions
+	// made on worker 2 and mapped in storage the way it wrote them, before
+	// this Caddy has seen anything of them.
+	var legacy []string
+	for i := range 3 {
+		real := call(t, "POST", f.workers[2].URL+"/session", map[string]any{"title": "legacy"}, "")
+		s, _ := sessionOf(real)
+		writeLegacyMapping(t, f.front, id("legacy", i), s.ID)
+		legacy = append(legacy, id("legacy", i))
+	}
+
 	events := subscribe(t, f.front.URL+"/event", "")
 	globalEvents := subscribe(t, f.front.URL+"/global/event", "")
 
@@ -112,6 +126,9 @@ func TestFleet(t *testing.T) {
 	// it, and how it was made.
 	var mu sync.Mutex
 	made := map[string]string{}
+	for _, sid := range legacy {
+		made[sid] = "legacy mapping"
+	}
 	record := func(t *testing.T, kind string, r response) string {
 		t.Helper()
 		s, ok := sessionOf(r)
@@ -181,15 +198,6 @@ func TestFleet(t *testing.T) {
 			t.FailNow()
 		}
 
-		// Mappings written by the single-worker version have no worker: a
-		// session made on worker 2 and mapped in storage the way it wrote them.
-		for i := range 3 {
-			real := call(t, "POST", f.workers[2].URL+"/session", map[string]any{"title": "legacy"}, "")
-			s, _ := sessionOf(real)
-			clientID := id("legacy", i)
-			writeLegacyMapping(t, f.front, clientID, s.ID)
-			made[clientID] = "legacy mapping"
-		}
 
 		var notFound, other []string
 		ids := make([]string, 0, len(made))
@@ -305,6 +313,38 @@ func TestFleet(t *testing.T) {
 				t.Errorf("%s's messages do not carry its id", sample[i])
 			}
 		})
+	})
+
+	t.Run("the official SDK and opencode run --attach work through the front door", func(t *testing.T) {
+		tools := jstools.Ensure(t)
+		v1ID, v2ID := id("sdk1", 0), id("sdk2", 0)
+		got := runSDKFlow(t, tools, f.front.URL, v1ID, v2ID)
+		holder, n := f.holder(t, v1ID)
+		if n != 1 {
+			t.Fatalf("the SDK's session is on %d workers", n)
+		}
+		real := ""
+		for _, s := range upstreamSessionsOf(t, f.workers[holder], v1ID) {
+			real = s.ID
+		}
+		for _, e := range got.Events {
+			if strings.Contains(string(e), real) {
+				t.Fatalf("an event on the merged stream carried the real id: %s", e)
+			}
+		}
+		// The CLI reads the session, subscribes to the merged /event and
+		// waits for this session to go idle.
+		for i := range 3 {
+			sid := id("id", 60+i)
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+			cmd := exec.CommandContext(ctx, opencodeBin, "run", "--attach", f.front.URL, "--session", sid, "hello")
+			cmd.Dir, cmd.Env = f.workers[0].Dir, append(os.Environ(), f.workers[0].Env...)
+			out, err := cmd.CombinedOutput()
+			cancel()
+			if err != nil || !strings.Contains(string(out), ModelReply) {
+				t.Fatalf("opencode run --attach --session %s: %v\n%s", sid, err, out)
+			}
+		}
 	})
 
 	t.Run("every event of every worker arrives on the merged streams under client ids", func(t *testing.T) {
