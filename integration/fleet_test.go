@@ -198,7 +198,6 @@ func TestFleet(t *testing.T) {
 			t.FailNow()
 		}
 
-
 		var notFound, other []string
 		ids := make([]string, 0, len(made))
 		for sid := range made {
