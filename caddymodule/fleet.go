@@ -1,6 +1,7 @@
 package caddymodule
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -90,7 +91,9 @@ func (h *Handler) observe(r *http.Request, rt *route) {
 	}
 	h.fleet.noPolicy.Store(true)
 	repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
-	if repl == nil {
+	if repl == nil || rt.session == "" {
+		// Only requests about a session count: a config may rightly send
+		// other paths to other reverse_proxies.
 		return
 	}
 	upstream, _ := repl.GetString("http.reverse_proxy.upstream.hostport")
@@ -163,7 +166,9 @@ func (h *Handler) workerOf(r *http.Request, next caddyhttp.Handler, id string) (
 		return "", nil
 	}
 	found, err, _ := h.fleet.discovery.Do(realID, func() (any, error) {
-		return h.discover(r, next, realID)
+		// Shared by every request waiting for this id: one client giving up
+		// must not fail the others.
+		return h.discover(r.WithContext(context.WithoutCancel(r.Context())), next, realID)
 	})
 	if err != nil {
 		return "", err

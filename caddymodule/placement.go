@@ -29,6 +29,7 @@ import (
 // new ids keep flowing while a worker is down.
 func (h *Handler) placeCreate(r *http.Request, next caddyhttp.Handler, req *createRequest, preferred string) (*upstreamAnswer, error) {
 	rt := routeOf(r)
+	rt.session = req.id
 	worker := preferred
 	if worker == "" && req.parentID() != "" {
 		parentWorker, err := h.workerOf(r, next, req.parentID())
@@ -43,7 +44,7 @@ func (h *Handler) placeCreate(r *http.Request, next caddyhttp.Handler, req *crea
 		return nil, err
 	}
 	_, chosen := asked.outcome()
-	rt.worker, rt.session = chosen, req.id
+	rt.worker = chosen
 	if answer.status != http.StatusNotFound || !h.fleet.several() {
 		return answer, nil
 	}
@@ -76,17 +77,25 @@ func (h *Handler) pinExisting(r *http.Request, next caddyhttp.Handler, clientID,
 	rt.worker, rt.session = worker, clientID
 	if worker != "" {
 		if _, ok := h.fleet.member(worker); !ok && h.fleet.pool.Load() != nil {
-			return caddyhttp.Error(http.StatusServiceUnavailable, fmt.Errorf("session %s is held by worker %s, which is not among reverse_proxy's upstreams", clientID, worker))
+			return errWorkerRemoved{session: clientID, worker: worker}
 		}
 	}
 	return nil
 }
 
+// errWorkerRemoved: the session's worker is not in reverse_proxy's pool.
+type errWorkerRemoved struct{ session, worker string }
+
+func (e errWorkerRemoved) Error() string {
+	return fmt.Sprintf("session %s is held by worker %s, which is not among reverse_proxy's upstreams", e.session, e.worker)
+}
+
 // placementFailed answers a create whose worker could not be chosen or asked.
 func (h *Handler) placementFailed(w http.ResponseWriter, err error) {
 	var unknown errWorkerUnknown
-	if errors.As(err, &unknown) {
-		upstreamFailed(w, http.StatusServiceUnavailable, unknown.Error())
+	var removed errWorkerRemoved
+	if errors.As(err, &unknown) || errors.As(err, &removed) {
+		upstreamFailed(w, http.StatusServiceUnavailable, err.Error())
 		return
 	}
 	upstreamFailed(w, failureStatus(err), "upstream could not be asked whether the id is free: "+err.Error())

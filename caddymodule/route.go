@@ -62,13 +62,13 @@ func routeOf(r *http.Request) *route {
 // variables in a new context, so that concurrent requests of the handler's
 // own (one per worker, say) never share a route or write to one map.
 // The route's worker is inherited from r's route when worker is empty and
-// inherit is true.
+// inherit is true; the session it is about always is.
 func withRoute(r *http.Request, worker string, inherit bool) (*http.Request, *route) {
 	rt := &route{worker: worker}
 	if parent := routeOf(r); parent != nil {
-		rt.handler = parent.handler
+		rt.handler, rt.session = parent.handler, parent.session
 		if inherit && worker == "" {
-			rt.worker, rt.session = parent.worker, parent.session
+			rt.worker = parent.worker
 		}
 	}
 	vars := map[string]any{}

@@ -156,17 +156,21 @@ http://{$LISTEN} {
 	t.Run("one upstream without the policy is the single-worker setup and works", func(t *testing.T) {
 		front := startCaddyWith(t, caddyBin, config, one.URL)
 		for i := range 20 {
-			if r := call(t, "GET", front.URL+"/global/health", nil, ""); r.Status != 200 {
-				t.Fatalf("request %d: %d %s", i, r.Status, r.Body)
+			sid := fmt.Sprintf("ses_single_%d_%d", i, time.Now().UnixNano())
+			if r := call(t, "POST", front.URL+"/session", map[string]any{"id": sid}, ""); r.Status != 200 {
+				t.Fatalf("create %d: %d %s", i, r.Status, r.Body)
+			}
+			if r, ok := sessionThrough(t, front, sid); !ok {
+				t.Fatalf("read %d: %d %s", i, r.Status, r.Body)
 			}
 		}
 	})
 
-	t.Run("two upstreams without the policy: refused with 500 and an error in the log once both answered", func(t *testing.T) {
+	t.Run("two upstreams without the policy: requests about sessions are refused with 500 and an error in the log once both answered", func(t *testing.T) {
 		front := startCaddyWith(t, caddyBin, config, one.URL+" "+two.URL)
 		refused := -1
 		for i := range 200 {
-			r := call(t, "GET", front.URL+"/global/health", nil, "")
+			r := call(t, "GET", front.URL+"/session/ses_anything", nil, "")
 			if r.Status == 500 {
 				if !strings.Contains(string(r.Body), `"name":"ConfigurationError"`) || !strings.Contains(string(r.Body), "lb_policy session_ids") {
 					t.Fatalf("refusal without the fix in it: %s", r.Body)
