@@ -191,14 +191,17 @@ func (h *Handler) discover(r *http.Request, next caddyhttp.Handler, realID strin
 				return "", err
 			}
 			h.logger.Info("found the worker of a session", zap.String("real_id", realID), zap.String("worker", a.worker))
+			sessionMetrics.discoveries.WithLabelValues(h.Namespace, "found").Inc()
 			return a.worker, nil
 		case a.err != nil || a.answer.status != http.StatusNotFound:
 			down = append(down, a.worker)
 		}
 	}
 	if len(down) > 0 {
+		sessionMetrics.discoveries.WithLabelValues(h.Namespace, "unknown").Inc()
 		return "", errWorkerUnknown{session: realID, down: down}
 	}
+	sessionMetrics.discoveries.WithLabelValues(h.Namespace, "absent").Inc()
 	h.index.MarkUnplaced(realID)
 	return "", nil
 }
@@ -243,12 +246,16 @@ func (h *Handler) workerConfigured(w http.ResponseWriter, session, worker string
 	if _, ok := h.fleet.member(worker); ok {
 		return true
 	}
-	upstreamFailed(w, http.StatusServiceUnavailable, fmt.Sprintf("session %s is held by worker %s, which is not among reverse_proxy's upstreams", session, worker))
+	sessionMetrics.workerDown.WithLabelValues(h.Namespace, worker).Inc()
+	upstreamFailed(w, http.StatusServiceUnavailable, errWorkerRemoved{session: session, worker: worker}.Error())
 	return false
 }
 
 // workerFailed answers a request whose session's worker could not serve it.
 func workerFailed(w http.ResponseWriter, rt *route, err error) {
+	if rt.handler != nil {
+		sessionMetrics.workerDown.WithLabelValues(rt.handler.Namespace, rt.worker).Inc()
+	}
 	upstreamFailed(w, http.StatusServiceUnavailable, fmt.Sprintf("session %s is held by worker %s, which is unavailable (%s); requests for it wait up to lb_try_duration and never go to another worker", rt.session, rt.worker, cause(err)))
 }
 

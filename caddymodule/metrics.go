@@ -23,6 +23,8 @@ var sessionMetrics = struct {
 	storeSeconds   *prometheus.HistogramVec
 	rewrittenBytes *prometheus.CounterVec
 	rewrittenIDs   *prometheus.CounterVec
+	discoveries    *prometheus.CounterVec
+	workerDown     *prometheus.CounterVec
 }{
 	creates:        counter("creates_total", "Sessions created under a client-chosen id."),
 	replays:        counter("replays_total", "Creates answered with the existing session (Idempotent-Replayed)."),
@@ -37,6 +39,8 @@ var sessionMetrics = struct {
 	}, []string{"namespace", "op"}),
 	rewrittenBytes: counter("rewritten_bytes_total", "Bytes passed through the id rewriter.", "direction"),
 	rewrittenIDs:   counter("rewritten_ids_total", "Ids rewritten.", "direction"),
+	discoveries:    counter("worker_discoveries_total", "Sessions whose worker was looked for on every worker, by result (found, absent, unknown).", "result"),
+	workerDown:     counter("worker_unavailable_total", "Requests for a session answered 503 because its worker was down or not configured.", "worker"),
 }
 
 func counter(name, help string, labels ...string) *prometheus.CounterVec {
@@ -48,7 +52,7 @@ func counter(name, help string, labels ...string) *prometheus.CounterVec {
 func registerMetrics(registry *prometheus.Registry) error {
 	m := &sessionMetrics
 	for _, c := range []prometheus.Collector{m.creates, m.replays, m.conflicts, m.invalidIDs, m.createdMissing,
-		m.adopted, m.cacheLookups, m.storeSeconds, m.rewrittenBytes, m.rewrittenIDs} {
+		m.adopted, m.cacheLookups, m.storeSeconds, m.rewrittenBytes, m.rewrittenIDs, m.discoveries, m.workerDown} {
 		if err := registry.Register(c); err != nil && !errors.As(err, new(prometheus.AlreadyRegisteredError)) {
 			return err
 		}
