@@ -28,7 +28,7 @@ func fleetHandler(t *testing.T, dials ...string) *Handler {
 		t.Fatal(err)
 	}
 	t.Cleanup(index.Close)
-	h := &Handler{Mode: ModeDirect, MaxBodySize: 1 << 20, MaxBufferSize: 1 << 20, index: index, logger: zap.NewNop(), fleet: new(fleet), probes: new(sync.Map)}
+	h := &Handler{Mode: ModeDirect, MaxBodySize: 1 << 20, MaxBufferSize: 1 << 20, index: index, logger: zap.NewNop(), fleet: new(fleet), probes: new(sync.Map), Events: &Events{Off: true}}
 	return h
 }
 

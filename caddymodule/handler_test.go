@@ -59,7 +59,7 @@ func newProxy(t *testing.T, upstream http.Handler) (*Handler, *httptest.Server) 
 	if err := index.Save(context.Background(), idmap.Mapping{ClientID: clientID, RealID: realID}); err != nil {
 		t.Fatal(err)
 	}
-	h := &Handler{MaxBodySize: 1 << 10, MaxBufferSize: 1 << 10, duplicates: idmap.DuplicatesMatch, index: index, logger: zap.NewNop(), fleet: new(fleet), probes: new(sync.Map)}
+	h := &Handler{MaxBodySize: 1 << 10, MaxBufferSize: 1 << 10, duplicates: idmap.DuplicatesMatch, index: index, logger: zap.NewNop(), fleet: new(fleet), probes: new(sync.Map), Events: &Events{Off: true}}
 	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		// Caddy's server gives every request its variables.
 		r = r.WithContext(context.WithValue(r.Context(), caddyhttp.VarsCtxKey, map[string]any{}))

@@ -43,7 +43,8 @@ func BenchmarkPromptAsync(b *testing.B) {
 	}
 	b.Cleanup(index.Close)
 	h := &Handler{Mode: ModeDirect, MaxBodySize: 1 << 20, MaxBufferSize: 1 << 20, duplicates: idmap.DuplicatesMatch, index: index,
-		logger: zap.NewNop(), fleet: new(fleet), probes: new(sync.Map), Idempotency: &Idempotency{TTL: caddy.Duration(time.Hour), Wait: caddy.Duration(10 * time.Second)}}
+		logger: zap.NewNop(), fleet: new(fleet), probes: new(sync.Map), Events: &Events{Off: true},
+		Idempotency: &Idempotency{TTL: caddy.Duration(time.Hour), Wait: caddy.Duration(10 * time.Second)}}
 	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		r = r.WithContext(context.WithValue(r.Context(), caddyhttp.VarsCtxKey, map[string]any{}))
 		if err := h.ServeHTTP(w, r, next); err != nil {

@@ -103,12 +103,20 @@ type Handler struct {
 	// never affected.
 	Idempotency *Idempotency `json:"idempotency,omitempty"`
 
+	// Events configures resumable event streams on GET /event and
+	// /global/event: ids on every event, replay after Last-Event-ID, one
+	// upstream subscription per stream shared by its clients (see Events and
+	// docs/events.md). On by default.
+	Events *Events `json:"events,omitempty"`
+
 	duplicates idmap.DuplicatePolicy
 	probes     *sync.Map // worker → *capabilityProbe, for direct mode
 	fleet      *fleet
 	index      *idmap.Index
 	poolKey    string
 	sweeperKey string
+	hubs       *hubRegistry
+	hubsKey    string
 	fault      func() // test-only (FaultEnv)
 	logger     *zap.Logger
 }
@@ -178,6 +186,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err := registerMetrics(ctx.GetMetricsRegistry()); err != nil {
 		return err
 	}
+	if err := registerEventMetrics(ctx.GetMetricsRegistry()); err != nil {
+		return err
+	}
 	storage := ctx.Storage()
 	// Settings that shape the index are part of the key, so a reload that
 	// changes them gets a new index instead of silently keeping the old one.
@@ -200,6 +211,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return err
 	}
 	h.index = value.(pooledIndex).Index
+	if err := h.provisionEvents(); err != nil {
+		return err
+	}
 	return h.provisionIdempotency(ctx)
 }
 
@@ -233,6 +247,7 @@ func (h *Handler) Cleanup() error {
 		return nil
 	}
 	h.stopSweeper()
+	h.cleanupEvents()
 	_, err := indexes.Delete(h.poolKey)
 	return err
 }

@@ -27,6 +27,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return h.serveDoc(w, r, next)
 	case r.Method == http.MethodPost && (r.URL.Path == "/session" || r.URL.Path == "/api/session"):
 		return h.serveCreate(w, r, next)
+	case r.Method == http.MethodGet && isEventStream(r.URL.Path) && !h.Events.Off:
+		return h.serveEvents(w, r, next)
 	case r.Method == http.MethodGet && fleetReads[r.URL.Path] != nil:
 		if h.learnPool(r, next); h.fleet.several() {
 			return fleetReads[r.URL.Path](h, w, r, next)
@@ -74,6 +76,9 @@ func (h *Handler) routed(w http.ResponseWriter, r *http.Request, rt *route, err 
 	}
 	return err
 }
+
+// isEventStream reports whether path is one of opencode's event streams.
+func isEventStream(path string) bool { return path == "/event" || path == "/global/event" }
 
 // isSessionItem reports whether path names one session: /session/{id} or
 // /api/session/{id}, without a sub-resource.
