@@ -466,4 +466,3 @@ func TestTheFleetsMergedStreamIsResumable(t *testing.T) {
 		t.Fatalf("replayed\n%s\nwant\n%s", datas(replay), datas(got))
 	}
 }
-
