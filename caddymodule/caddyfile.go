@@ -38,6 +38,13 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //			wait    <duration>
 //			confirm <duration>
 //		}
+//		events          off | {
+//			retain_events <count>
+//			retain_bytes  <size>
+//			retain_for    <duration>
+//			linger        <duration>
+//			write_timeout <duration>
+//		}
 //	}
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // the directive name
@@ -62,6 +69,12 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		}
 		if option == "idempotency" {
 			if err := h.unmarshalIdempotency(d); err != nil {
+				return err
+			}
+			continue
+		}
+		if option == "events" {
+			if err := h.unmarshalEvents(d); err != nil {
 				return err
 			}
 			continue

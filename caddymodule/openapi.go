@@ -82,6 +82,7 @@ func (h *Handler) augment(doc map[string]any) {
 	}
 	paths := child(doc, "paths")
 	h.augmentIdempotency(schemas, paths)
+	h.augmentEvents(schemas, paths)
 	for _, route := range []string{"/session", "/api/session"} {
 		item, _ := paths[route].(map[string]any)
 		post, _ := item["post"].(map[string]any)
