@@ -68,6 +68,10 @@ func NewIndex(store *Store, cfg IndexConfig) (*Index, error) {
 		NumCounters: cfg.CacheEntries * 10,
 		MaxCost:     cfg.CacheEntries,
 		BufferItems: 64,
+		// Every entry costs 1, so MaxCost counts entries. Without this,
+		// ristretto adds its own per-entry overhead (about 56) to each cost
+		// and the cache holds about 1/57 of CacheEntries.
+		IgnoreInternalCost: true,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("create mapping cache: %w", err)

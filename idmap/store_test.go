@@ -3,6 +3,7 @@ package idmap
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -171,5 +172,39 @@ func TestCachedMappingsExpire(t *testing.T) {
 			t.Fatalf("still %q long after the TTL", real)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestTheCacheHoldsAboutCacheEntriesMappings: cache_entries counts entries,
+// so mappings well within it are answered from memory once looked up.
+func TestTheCacheHoldsAboutCacheEntriesMappings(t *testing.T) {
+	ctx := context.Background()
+	index, _ := newTestIndex(t, 0) // 1000 entries, both directions counted
+	const n = 400
+	for i := range n {
+		m := Mapping{ClientID: fmt.Sprintf("ses_c%d", i), RealID: fmt.Sprintf("ses_r%d", i)}
+		if err := index.Save(ctx, m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	lookAll := func() {
+		for i := range n {
+			if _, ok, err := index.RealOf(ctx, fmt.Sprintf("ses_c%d", i)); !ok || err != nil {
+				t.Fatalf("ses_c%d: %v %v", i, ok, err)
+			}
+		}
+	}
+	lookAll()
+	time.Sleep(100 * time.Millisecond) // ristretto admits sets asynchronously
+	var hits, lookups int
+	index.OnLookup = func(hit bool) {
+		lookups++
+		if hit {
+			hits++
+		}
+	}
+	lookAll()
+	if hits < n*9/10 {
+		t.Fatalf("%d of %d lookups of %d mappings hit a cache of 1000 entries", hits, lookups, n)
 	}
 }

@@ -268,6 +268,33 @@ func TestTwoNodeCluster(t *testing.T) {
 		}
 	})
 
+	// Last: a node whose event stream lingers looks up every id of every
+	// event, so right after a create through the other node it may hold
+	// "not mapped" for the new real id for negative_ttl (docs/limits.md),
+	// which the tests above do not allow for.
+	t.Run("an event stream resumes on the node that served it; another node says resync, never a silent gap", func(t *testing.T) {
+		client := openEvents(t, a.URL+"/event", "")
+		client.next(t)
+		clientID := id("events")
+		createSession(t, a.URL, clientID)
+		last := client.until(t, 30*time.Second, func(ev sse) bool { return strings.Contains(ev.data, clientID) }).ID()
+		client.cancel()
+		promptAsync(t, a.URL, clientID, "hello")
+
+		onA := openEvents(t, a.URL+"/event", last)
+		onA.next(t)
+		for _, ev := range onA.until(t, 120*time.Second, idleOf(clientID)) {
+			if strings.Contains(ev.data, "session_ids.resync") {
+				t.Fatalf("resuming on the node that gave the id out: %s", ev.data)
+			}
+		}
+		onB := openEvents(t, b.URL+"/event", last)
+		onB.next(t)
+		if ev := onB.next(t); !strings.Contains(ev.data, `"type":"session_ids.resync"`) || !strings.Contains(ev.data, `"reason":"unknown"`) {
+			t.Fatalf("resuming on another node: %+v", ev)
+		}
+	})
+
 	t.Run("control: without shared storage the same creates make two upstream sessions", func(t *testing.T) {
 		// Two nodes of Caddyfile.example, each with its own file storage: the
 		// check above would catch a storage that is not shared.

@@ -384,6 +384,43 @@ func TestFleet(t *testing.T) {
 		}
 	})
 
+	t.Run("a client of the merged stream that drops and resumes gets every worker's events it missed", func(t *testing.T) {
+		client := openEvents(t, f.front.URL+"/event", "")
+		client.next(t)
+		var onEach []string
+		for w := range f.workers {
+			for i := range 90 {
+				if holder, _ := f.holder(t, id("id", i)); holder == w {
+					onEach = append(onEach, id("id", i))
+					break
+				}
+			}
+		}
+		call(t, "PATCH", f.front.URL+"/session/"+onEach[0], map[string]any{"title": "before the drop"}, "")
+		last := client.until(t, 20*time.Second, func(ev sse) bool { return strings.Contains(ev.data, `"title":"before the drop"`) }).ID()
+		client.cancel()
+		for _, sid := range onEach {
+			call(t, "PATCH", f.front.URL+"/session/"+sid, map[string]any{"title": "missed " + sid}, "")
+		}
+		resumed := openEvents(t, f.front.URL+"/event", last)
+		resumed.next(t)
+		pending := map[string]bool{}
+		for _, sid := range onEach {
+			pending[sid] = true
+		}
+		resumed.until(t, 20*time.Second, func(ev sse) bool {
+			if strings.Contains(ev.data, "session_ids.resync") {
+				t.Fatalf("a resync on resume: %s", ev.data)
+			}
+			for sid := range pending {
+				if strings.Contains(ev.data, `"title":"missed `+sid+`"`) {
+					delete(pending, sid)
+				}
+			}
+			return len(pending) == 0
+		})
+	})
+
 	t.Run("kill -9 of a worker: its sessions answer 503 naming it, never 404 or another worker; the rest carry on", func(t *testing.T) {
 		victim := 1
 		var theirs, others []string
@@ -463,12 +500,16 @@ func TestFleet(t *testing.T) {
 				t.Errorf("%s is held by %d workers after the outage", sid, n)
 			}
 		}
-		// The merged event stream subscribed to the worker again.
+		// The merged event stream subscribed to the worker again, and told
+		// its client that events of that worker may be missing.
 		sid := theirs[len(theirs)-1]
 		call(t, "PATCH", f.front.URL+"/session/"+sid, map[string]any{"title": "after the outage"}, "")
-		events.until(t, 20*time.Second, func(e string) bool {
+		seen := strings.Join(events.until(t, 20*time.Second, func(e string) bool {
 			return strings.Contains(e, `"title":"after the outage"`) && strings.Contains(e, sid)
-		})
+		}), "\n")
+		if !strings.Contains(seen, `"reason":"upstream_reconnected"`) || !strings.Contains(seen, `"worker":"`+worker+`"`) {
+			t.Errorf("the merged stream did not say that %s's events may be missing:\n%s", worker, seen)
+		}
 	})
 
 	t.Run("a reload that removes a worker: its sessions answer a clear 503 at once, and come back when it returns", func(t *testing.T) {
