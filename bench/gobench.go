@@ -14,17 +14,31 @@ type goBench struct {
 	name    string
 	mbps    []float64 // MB/s, for benchmarks that SetBytes
 	nsPerOp []float64
+	hitPct  []float64 // the share of mapping lookups the cache answered, where reported
 }
 
 // runGoBench runs the rewriter and index benchmarks of package idmap on one
 // core (-cpu 1), m.Config.Runs times each.
 func (m *Main) runGoBench(ctx context.Context) ([]*goBench, error) {
-	cmd := command(ctx, "go", "test", "-run", "^$", "-bench", ".", "-benchmem", "-cpu", "1",
-		"-count", strconv.Itoa(m.Config.Runs), "-benchtime", m.Config.BenchTime, "./idmap/")
+	return m.goTestBench(ctx, "./idmap/", ".", m.Config.Runs)
+}
+
+// runFleetBench runs caddymodule's BenchmarkFleetRouting (1 to 64 workers,
+// 100,000 mappings) on one core, once: it seeds 100,000 mappings into file
+// storage for each pool size, which takes longer than the measurements.
+func (m *Main) runFleetBench(ctx context.Context) ([]*goBench, error) {
+	return m.goTestBench(ctx, "./caddymodule/", "^BenchmarkFleetRouting$", 1)
+}
+
+// goTestBench runs the benchmarks of pkg that match pattern on one core,
+// count times each, and parses their results.
+func (m *Main) goTestBench(ctx context.Context, pkg, pattern string, count int) ([]*goBench, error) {
+	cmd := command(ctx, "go", "test", "-run", "^$", "-bench", pattern, "-benchmem", "-cpu", "1",
+		"-count", strconv.Itoa(count), "-benchtime", m.Config.BenchTime, pkg)
 	cmd.Dir = m.bin.root
 	out, err := cmd.CombinedOutput()
 	if err != nil {
-		return nil, fmt.Errorf("go test -bench ./idmap/: %v\n%s", err, out)
+		return nil, fmt.Errorf("go test -bench %s: %v\n%s", pkg, err, out)
 	}
 	var benches []*goBench
 	byName := map[string]*goBench{}
@@ -50,14 +64,16 @@ func (m *Main) runGoBench(ctx context.Context) ([]*goBench, error) {
 				b.mbps = append(b.mbps, v)
 			case "ns/op":
 				b.nsPerOp = append(b.nsPerOp, v)
+			case "hit%":
+				b.hitPct = append(b.hitPct, v)
 			}
 		}
 	}
 	if len(benches) == 0 {
-		return nil, fmt.Errorf("go test -bench ./idmap/ printed no benchmark:\n%s", out)
+		return nil, fmt.Errorf("go test -bench %s printed no benchmark:\n%s", pkg, out)
 	}
 	for _, b := range benches {
-		logf("go bench %-20s %10.1f ns/op  %s", b.name, median(b.nsPerOp), mbpsText(b.mbps))
+		logf("go bench %-40s %10.1f ns/op  %s", b.name, median(b.nsPerOp), mbpsText(b.mbps))
 	}
 	return benches, nil
 }

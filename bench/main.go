@@ -9,7 +9,13 @@
 //     synthetic upstream inside this program;
 //   - Caddy's resident memory with 100,000 mappings in its storage, all of
 //     them looked up once;
-//   - the rewriter's single-core throughput (go test -bench ./idmap/).
+//   - the rewriter's single-core throughput (go test -bench ./idmap/);
+//   - a fleet of workers behind one Caddy: GET /session/{client id} over
+//     three native servers through lb_policy session_ids against plain
+//     reverse_proxy balancing the same three, the latency of the merged
+//     event stream of three workers, and the cost of routing with 1 to 64
+//     workers and 100,000 mappings (go test -bench FleetRouting
+//     ./caddymodule/).
 //
 // Configurations alternate within each repeat (A, B, C, A, B, C, …), and the
 // table reports medians over the repeats and ratios to plain reverse_proxy

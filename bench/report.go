@@ -60,6 +60,10 @@ func (m *Main) report() string {
 		}
 	}
 
+	if len(r.fleetBench) > 0 {
+		m.reportFleetBench(&b, &v)
+	}
+
 	if len(r.scenarios) > 0 {
 		fmt.Fprintf(&b, "\n## Requests (`wrk -t%d -c%d -d%ds --latency`)\n\n", c.Threads, c.Connections, int(c.Duration.Seconds()))
 		b.WriteString("Ratios are req/s over plain reverse_proxy's in the same repeat: the median of the repeats' ratios, " +
@@ -91,6 +95,13 @@ func (m *Main) report() string {
 					errs, ratio, target, result)
 			}
 		}
+		if f := r.fleet; f != nil {
+			fmt.Fprintf(&b, "\nThe %s rows are %d native servers behind one Caddy. Each of the %d sessions was created through the module, "+
+				"which placed it (random fallback; sessions per worker: mapping %s, direct %s), and then under the same upstream id on the other workers, "+
+				"so that plain reverse_proxy (random balancing, no session_ids) gets the same 200 answer from whichever worker it picks. "+
+				"Both spread the requests over the three workers; the ratio is what routing each request to its session's worker costs over Caddy's own balancing.\n",
+				fmt.Sprintf("native×%d", fleetSize), fleetSize, len(f.ids[viaPlain]), spreadText(f.spread[viaMapping]), spreadText(f.spread[viaDirect]))
+		}
 		b.WriteString("\nBoth Caddyfiles set `flush_interval -1`: plain reverse_proxy flushes each response's headers and body " +
 			"separately, while mapping mode rewrites a JSON response whole and writes it at once, which can make it faster than plain " +
 			"on small, fast answers. Direct mode wraps nothing: its ratio is the plainer measure of the pass-through cost.\n")
@@ -117,6 +128,17 @@ func (m *Main) report() string {
 				medianOf(samples, func(x sseSample) float64 { return ms(x.p90) }),
 				medianOf(samples, func(x sseSample) float64 { return ms(x.p99) }),
 				added, target, result)
+		}
+		if samples := s.samples[sseFleet]; len(samples) > 0 {
+			vsPlain := addedP50(samples, s.samples[viaPlain])
+			fmt.Fprintf(&b, "| %s | %.3f | %.3f | %.3f | %.3f vs plain (one worker) | < %.1f ms vs plain | %s |\n", sseFleet,
+				medianOf(samples, func(x sseSample) float64 { return ms(x.p50) }),
+				medianOf(samples, func(x sseSample) float64 { return ms(x.p90) }),
+				medianOf(samples, func(x sseSample) float64 { return ms(x.p99) }),
+				ms(vsPlain), ms(goalFleetAddedP50), v.check("fleet event stream added p50", vsPlain < goalFleetAddedP50))
+			fmt.Fprintf(&b, "\nThe merged stream's Caddy has %d stubs as workers (lb_policy session_ids); the client's GET /event becomes one "+
+				"subscription per worker, and each worker sends one event in %d of the same schedule, so the client reads the same events at "+
+				"the same cadence as through plain reverse_proxy from one stub.\n", fleetSize, fleetSize)
 		}
 	}
 
@@ -163,4 +185,53 @@ func addedP50(a, b []sseSample) time.Duration {
 		diffs = append(diffs, float64(a[i].p50-b[i].p50))
 	}
 	return time.Duration(median(diffs))
+}
+
+// goalFleetFlat is the most routing may cost with 64 workers, as a multiple
+// of its cost with one (BenchmarkFleetRouting, same request mix).
+const goalFleetFlat = 1.25
+
+// reportFleetBench renders BenchmarkFleetRouting: ns/op by pool size and
+// request mix, each against the same mix with one worker.
+func (m *Main) reportFleetBench(b *strings.Builder, v *verdict) {
+	fmt.Fprintf(b, "\n## Routing with many workers, one core (`go test -run '^$' -bench FleetRouting -benchmem -cpu 1 -benchtime %s ./caddymodule/`)\n\n",
+		m.Config.BenchTime)
+	b.WriteString("One op routes GET /session/{client id}: the handler's lookup of the session's worker in the index (file storage, " +
+		"the module's default cache) and its membership of the pool, lb_policy session_ids selecting it, the handler learning from the route. " +
+		"100,000 mappings, each on a worker drawn at random; `sessions` asks for all of them in a random order, `hot` cycles through 1,000.\n\n")
+	b.WriteString("| workers | requests | ns/op | cache hit % | vs 1 worker | target | result |\n|---:|---|---:|---:|---:|---|---|\n")
+	one := map[string]float64{}
+	type row struct {
+		workers    int
+		mix        string
+		ns, hitPct float64
+	}
+	var rows []row
+	for _, g := range m.results.fleetBench {
+		var workers int
+		var mix string
+		for _, part := range strings.Split(g.name, "/") {
+			if n, ok := strings.CutPrefix(part, "workers="); ok {
+				fmt.Sscan(n, &workers)
+			} else if strings.Contains(part, "=") && !strings.HasPrefix(part, "FleetRouting") {
+				mix = part
+			}
+		}
+		rw := row{workers, mix, median(g.nsPerOp), median(g.hitPct)}
+		if workers == 1 {
+			one[mix] = rw.ns
+		}
+		rows = append(rows, rw)
+	}
+	for _, rw := range rows {
+		ratio, target, result := "", "", ""
+		if base := one[rw.mix]; base > 0 {
+			ratio = fmt.Sprintf("%.2fx", rw.ns/base)
+			if rw.workers == 64 {
+				target = fmt.Sprintf("≤ %.2fx", goalFleetFlat)
+				result = v.check(fmt.Sprintf("routing with 64 workers (%s)", rw.mix), rw.ns/base <= goalFleetFlat)
+			}
+		}
+		fmt.Fprintf(b, "| %d | %s | %.0f | %.1f | %s | %s | %s |\n", rw.workers, rw.mix, rw.ns, rw.hitPct, ratio, target, result)
+	}
 }

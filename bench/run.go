@@ -20,18 +20,21 @@ type Main struct {
 	idSeq   int
 	procs   []*process // every child, stopped by Close
 	stub    *stub
+	stubs   []*stub // the fleet's, sharing stub's clock
 
 	results results
 }
 
 // results is what the report is made of.
 type results struct {
-	machine   string
-	goBench   []*goBench
-	scenarios []*scenario
-	sse       *sseSetup
-	rss       *rssResult
-	took      time.Duration
+	machine    string
+	goBench    []*goBench
+	fleetBench []*goBench // BenchmarkFleetRouting
+	scenarios  []*scenario
+	fleet      *fleetFixtures // the fleet's sessions, for the report
+	sse        *sseSetup
+	rss        *rssResult
+	took       time.Duration
 }
 
 // NewMain returns a Main with its defaults; ParseFlags sets them.
@@ -63,6 +66,11 @@ func (m *Main) Run(ctx context.Context) error {
 	if !m.Skip["gobench"] {
 		if m.results.goBench, err = m.runGoBench(ctx); err != nil {
 			return err
+		}
+		if !m.Skip["fleet"] {
+			if m.results.fleetBench, err = m.runFleetBench(ctx); err != nil {
+				return err
+			}
 		}
 	}
 	if m.stub, err = startStub(); err != nil {
@@ -145,6 +153,20 @@ func (m *Main) setUpRequests(ctx context.Context) error {
 			creates = append(creates, m.createScenario(u, f))
 		}
 	}
+	if !m.Skip["get"] && !m.Skip["native"] && !m.Skip["fleet"] {
+		u, workers, err := m.startFleet(ctx)
+		if err != nil {
+			return err
+		}
+		f, err := m.makeFleetFixtures(ctx, u, workers)
+		if err != nil {
+			return fmt.Errorf("fleet fixtures: %w", err)
+		}
+		logf("%s at %s: fixtures made (sessions per worker: mapping %s, direct %s)", u.name, u.addr,
+			spreadText(f.spread[viaMapping]), spreadText(f.spread[viaDirect]))
+		m.results.fleet = f
+		gets = append(gets, fleetScenario(u, f))
+	}
 	// Creates last in each repeat: they grow the upstreams' data.
 	m.results.scenarios = append(gets, creates...)
 	return nil
@@ -158,6 +180,9 @@ func (m *Main) Close() {
 	}
 	if m.stub != nil {
 		m.stub.close()
+	}
+	for _, s := range m.stubs {
+		s.close()
 	}
 	if m.dir == "" {
 		return
@@ -181,7 +206,11 @@ func (m *Main) estimate() time.Duration {
 	d += time.Duration(c.Runs*targets) * (c.Duration + perWrk)
 	if m.results.sse != nil {
 		stream := streamStart + time.Duration(c.SSEEvents)*c.SSEInterval*11/10
-		d += time.Duration(c.Runs*len(m.results.sse.u.vias)) * stream
+		streams := len(m.results.sse.u.vias)
+		if m.results.sse.fleet != nil {
+			streams++
+		}
+		d += time.Duration(c.Runs*streams) * stream
 	}
 	if !m.Skip["rss"] {
 		// Seeding, then a lookup of every mapping through each Caddy.

@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/caddyserver/certmagic"
@@ -25,8 +26,21 @@ type sseSetup struct {
 	client string // the mapped session's client id
 	real   string // and its real id, which the events carry
 
-	samples map[string][]sseSample // via -> one per repeat
+	// fleet is the module (mapping mode, lb_policy session_ids) in front of
+	// fleetSize stubs that each send their share of the events, so that the
+	// merged stream's client gets the same events at the same cadence as
+	// through one stub; nil when the fleet is skipped.
+	fleet *upstream
+
+	samples map[string][]sseSample // via (or sseFleet) -> one per repeat
 }
+
+// sseFleet names the merged stream's samples.
+var sseFleet = fmt.Sprintf("%s, %d workers (merged)", viaMapping, fleetSize)
+
+// goalFleetAddedP50 is the most an event may gain through the merged stream
+// of a fleet over plain reverse_proxy streaming from one worker.
+const goalFleetAddedP50 = 500 * time.Microsecond
 
 // sseSample is the latency distribution of one stream.
 type sseSample struct {
@@ -45,6 +59,27 @@ func (m *Main) startSSE(ctx context.Context, st *stub) (*sseSetup, error) {
 		return nil, err
 	}
 	if err := m.withCaddys(ctx, s.u, viaPlain, viaMapping); err != nil {
+		return nil, err
+	}
+	if m.Skip["fleet"] {
+		return s, nil
+	}
+	var workers []string
+	for i := range fleetSize {
+		w, err := startStubOf(st.epoch, fleetSize, i)
+		if err != nil {
+			return nil, err
+		}
+		m.stubs = append(m.stubs, w)
+		workers = append(workers, w.Addr)
+	}
+	s.fleet = &upstream{name: fmt.Sprintf("stub×%d", fleetSize), addr: strings.Join(workers, " "), fleet: true}
+	data = filepath.Join(m.caddyData(caddyName(s.fleet.name, viaMapping)), "caddy")
+	store = idmap.NewStore(&certmagic.FileStorage{Path: data}, namespace)
+	if err := store.Save(ctx, idmap.Mapping{ClientID: s.client, RealID: s.real, Created: time.Now().UTC()}); err != nil {
+		return nil, err
+	}
+	if err := m.withCaddys(ctx, s.fleet, viaMapping); err != nil {
 		return nil, err
 	}
 	return s, nil
@@ -66,6 +101,17 @@ func (m *Main) measureSSE(ctx context.Context, s *sseSetup, run int) error {
 		logf("run %d/%d  stub     GET /event (%d events)                   %-20s p50 %6.3f ms  p90 %6.3f ms  p99 %6.3f ms",
 			run, m.Config.Runs, sample.events, via, ms(sample.p50), ms(sample.p90), ms(sample.p99))
 	}
+	if s.fleet == nil {
+		return nil
+	}
+	lat, err := m.readStream(ctx, s, s.fleet.base[viaMapping], s.client, s.real)
+	if err != nil {
+		return fmt.Errorf("event stream via %s: %w", sseFleet, err)
+	}
+	sample := sseSample{events: len(lat), p50: percentile(lat, 50), p90: percentile(lat, 90), p99: percentile(lat, 99), max: percentile(lat, 100)}
+	s.samples[sseFleet] = append(s.samples[sseFleet], sample)
+	logf("run %d/%d  %s GET /event (%d events)                   %s p50 %6.3f ms  p90 %6.3f ms  p99 %6.3f ms",
+		run, m.Config.Runs, s.fleet.name, sample.events, sseFleet, ms(sample.p50), ms(sample.p90), ms(sample.p99))
 	return nil
 }
 
@@ -77,7 +123,9 @@ func (m *Main) readStream(ctx context.Context, s *sseSetup, base, want, not stri
 	n, interval := m.Config.SSEEvents, m.Config.SSEInterval
 	ctx, cancel := context.WithTimeout(ctx, streamStart+time.Duration(n)*interval+time.Duration(n)*time.Millisecond+30*time.Second)
 	defer cancel()
-	q := url.Values{"n": {strconv.Itoa(n)}, "interval": {interval.String()}, "id": {s.real}}
+	// Every worker of a fleet starts the schedule at the same moment.
+	start := s.stub.since() + int64(streamStart)
+	q := url.Values{"n": {strconv.Itoa(n)}, "interval": {interval.String()}, "id": {s.real}, "start": {strconv.FormatInt(start, 10)}}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/event?"+q.Encode(), nil)
 	if err != nil {
 		return nil, err

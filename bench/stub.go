@@ -16,25 +16,36 @@ import (
 //	GET /global/health   200, for Caddy's health checks
 //	GET /session/{id}    a small session object with that id (fills the
 //	                     module's cache in the memory measurement)
-//	GET /event?n=&interval=&id=
-//	                     an event stream: after server.connected and a pause,
-//	                     n events, one every interval, each flushed alone,
+//	GET /event?n=&interval=&id=[&start=]
+//	                     an event stream: after server.connected and a pause
+//	                     (until start, ns on the stub's clock, if given), n
+//	                     events, one every interval, each flushed alone,
 //	                     each naming the session id and carrying the time it
 //	                     was sent (ns since epoch, this process's monotonic
 //	                     clock)
+//
+// A stub that is one of several workers (every > 1) sends only its share of
+// the n events: those whose number is phase modulo every, at the times the
+// schedule gives them. Workers sharing an epoch and a start thus interleave
+// into one stream with the same cadence as a lone stub's.
 type stub struct {
-	URL   string
-	Addr  string // host:port, for Caddy's UPSTREAM
-	epoch time.Time
-	srv   *http.Server
+	URL          string
+	Addr         string // host:port, for Caddy's UPSTREAM
+	epoch        time.Time
+	every, phase int
+	srv          *http.Server
 }
 
-func startStub() (*stub, error) {
+func startStub() (*stub, error) { return startStubOf(time.Now(), 1, 0) }
+
+// startStubOf starts a stub whose clock starts at epoch, and which sends the
+// events numbered phase modulo every.
+func startStubOf(epoch time.Time, every, phase int) (*stub, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, err
 	}
-	s := &stub{Addr: ln.Addr().String(), epoch: time.Now()}
+	s := &stub{Addr: ln.Addr().String(), epoch: epoch, every: every, phase: phase}
 	s.URL = "http://" + s.Addr
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /global/health", func(w http.ResponseWriter, r *http.Request) {
@@ -67,9 +78,10 @@ func (s *stub) session(w http.ResponseWriter, r *http.Request) {
 	_, _ = w.Write([]byte(body))
 }
 
-// streamStart is the pause between server.connected and the first measured
-// event, so that the reader is waiting when events begin.
-const streamStart = 100 * time.Millisecond
+// streamStart is the pause between the request and the first measured
+// event, so that the reader is waiting when events begin (and, through a
+// fleet, the merged stream has subscribed to every worker).
+const streamStart = 200 * time.Millisecond
 
 func (s *stub) events(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
@@ -83,14 +95,20 @@ func (s *stub) events(w http.ResponseWriter, r *http.Request) {
 	if rc.Flush() != nil {
 		return
 	}
+	start := time.Now().Add(streamStart)
+	if at, err := strconv.ParseInt(q.Get("start"), 10, 64); err == nil {
+		start = s.epoch.Add(time.Duration(at))
+	}
 	select {
-	case <-time.After(streamStart):
+	case <-time.After(time.Until(start)):
 	case <-r.Context().Done():
 		return
 	}
-	start := time.Now()
 	buf := make([]byte, 0, 1024)
 	for i := range n {
+		if i%s.every != s.phase {
+			continue
+		}
 		// Pace by the clock rather than by sleeping a fixed time, so that
 		// oversleeping once does not slow every later event.
 		if wait := time.Until(start.Add(time.Duration(i) * interval)); wait > 0 {

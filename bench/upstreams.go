@@ -13,7 +13,8 @@ import (
 // it, each reached at its own base URL.
 type upstream struct {
 	name   string
-	addr   string                  // host:port
+	addr   string                  // host:port; for a fleet, every worker's, space-separated (Caddy's UPSTREAM)
+	fleet  bool                    // several workers: there is no one upstream to measure directly
 	base   map[string]string       // via -> base URL (viaUpstream is the server itself)
 	caddys map[string]*caddyServer // via -> Caddy, for the proxied ones
 	vias   []string                // in the order measurements alternate
@@ -21,9 +22,13 @@ type upstream struct {
 
 // withCaddys starts one Caddy per configuration in front of u.
 func (m *Main) withCaddys(ctx context.Context, u *upstream, vias ...string) error {
-	u.base = map[string]string{viaUpstream: "http://" + u.addr}
+	u.base = map[string]string{}
 	u.caddys = map[string]*caddyServer{}
-	u.vias = []string{viaUpstream}
+	u.vias = nil
+	if !u.fleet {
+		u.base[viaUpstream] = "http://" + u.addr
+		u.vias = append(u.vias, viaUpstream)
+	}
 	for _, via := range vias {
 		c, err := m.startCaddy(ctx, caddyName(u.name, via), via, u.addr)
 		if err != nil {
@@ -62,23 +67,29 @@ func shortName(via string) string {
 
 // startNative starts the reference native server with a fresh data folder.
 func (m *Main) startNative(ctx context.Context) (*upstream, error) {
+	return m.startNativeNamed(ctx, "native")
+}
+
+// startNativeNamed starts a native server whose data folder and log are
+// called name.
+func (m *Main) startNativeNamed(ctx context.Context, name string) (*upstream, error) {
 	port, err := freePort()
 	if err != nil {
 		return nil, err
 	}
-	data := filepath.Join(m.dir, "native")
+	data := filepath.Join(m.dir, name)
 	if err := os.MkdirAll(data, 0o755); err != nil {
 		return nil, err
 	}
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
-	p, err := m.start("native", data, nil, m.bin.native, "-addr", addr, "-data", data)
+	p, err := m.start(name, data, nil, m.bin.native, "-addr", addr, "-data", data)
 	if err != nil {
 		return nil, err
 	}
 	if err := waitHealthy(ctx, "http://"+addr+"/global/health", p, 30*time.Second); err != nil {
 		return nil, err
 	}
-	return &upstream{name: "native", addr: addr}, nil
+	return &upstream{name: name, addr: addr}, nil
 }
 
 // startOpencode starts a stock `opencode serve`, isolated: its own HOME and
