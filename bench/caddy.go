@@ -18,6 +18,9 @@ const (
 	viaPlain    = "plain reverse_proxy" // the baseline
 	viaMapping  = "session_ids mapping" // the module, mapping mode
 	viaDirect   = "session_ids direct"  // the module, direct mode
+	// viaEventsOff is mapping mode with resumable event streams off: each
+	// client's stream rewritten as it flows, the module before them.
+	viaEventsOff = "session_ids mapping, events off"
 )
 
 // caddyReady bounds the wait for a Caddy configuration to reach its upstream
@@ -63,12 +66,17 @@ func (m *Main) startCaddy(ctx context.Context, name, via, upstream string) (*cad
 		fmt.Sprintf("LISTEN=:%d", port), "BIND=127.0.0.1", "UPSTREAM=" + upstream,
 		fmt.Sprintf("ADMIN=127.0.0.1:%d", admin),
 		"XDG_DATA_HOME=" + data, "XDG_CONFIG_HOME=" + filepath.Join(home, "config"), "HOME=" + home,
+		// A stream's subscription ends a second after its reader, so that it
+		// does not run on into the next measurement.
+		"EVENTS_LINGER=1s",
 	}
 	switch via {
 	case viaPlain:
 		config = filepath.Join(m.bin.root, "bench", "Caddyfile.plain")
 	case viaMapping:
 		env = append(env, "MODE=mapping")
+	case viaEventsOff:
+		env = append(env, "MODE=mapping", "EVENTS=off")
 	case viaDirect:
 		env = append(env, "MODE=direct")
 	default:

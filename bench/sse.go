@@ -58,7 +58,12 @@ func (m *Main) startSSE(ctx context.Context, st *stub) (*sseSetup, error) {
 	if err := store.Save(ctx, idmap.Mapping{ClientID: s.client, RealID: s.real, Created: time.Now().UTC()}); err != nil {
 		return nil, err
 	}
-	if err := m.withCaddys(ctx, s.u, viaPlain, viaMapping); err != nil {
+	data = filepath.Join(m.caddyData(caddyName(s.u.name, viaEventsOff)), "caddy")
+	store = idmap.NewStore(&certmagic.FileStorage{Path: data}, namespace)
+	if err := store.Save(ctx, idmap.Mapping{ClientID: s.client, RealID: s.real, Created: time.Now().UTC()}); err != nil {
+		return nil, err
+	}
+	if err := m.withCaddys(ctx, s.u, viaPlain, viaEventsOff, viaMapping); err != nil {
 		return nil, err
 	}
 	if m.Skip["fleet"] {
@@ -89,7 +94,7 @@ func (m *Main) startSSE(ctx context.Context, st *stub) (*sseSetup, error) {
 func (m *Main) measureSSE(ctx context.Context, s *sseSetup, run int) error {
 	for _, via := range s.u.vias {
 		want, not := s.real, ""
-		if via == viaMapping {
+		if via == viaMapping || via == viaEventsOff {
 			want, not = s.client, s.real
 		}
 		lat, err := m.readStream(ctx, s, s.u.base[via], want, not)

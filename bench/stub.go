@@ -122,6 +122,9 @@ func (s *stub) events(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	// Open until the reader goes, as opencode's streams are: a subscription
+	// shared by the module's clients outlives each of them.
+	<-r.Context().Done()
 }
 
 // appendEvent is a message.part.updated event as opencode sends it while a

@@ -61,6 +61,8 @@ func shortName(via string) string {
 		return "mapping"
 	case viaDirect:
 		return "direct"
+	case viaEventsOff:
+		return "events-off"
 	}
 	return strings.ReplaceAll(via, " ", "-")
 }

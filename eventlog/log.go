@@ -180,6 +180,9 @@ func (l *Log) Last() uint64 {
 func (l *Log) Span() (oldest, newest uint64) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if l.limits.Age > 0 {
+		l.evict(l.now())
+	}
 	if len(l.ring) == l.head {
 		return 0, 0
 	}

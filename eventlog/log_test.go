@@ -175,6 +175,18 @@ func TestResume(t *testing.T) {
 	}
 }
 
+func TestResumeAfterTheAgeLimitIsExpiredEvenWithoutAnAppendSince(t *testing.T) {
+	l := New(Limits{Age: time.Second})
+	now := time.Unix(1000, 0)
+	l.now = func() time.Time { return now }
+	appendN(l, 3)
+	id := l.ID(1)
+	now = now.Add(2 * time.Second)
+	if cursor, gap := l.Resume(id); gap != GapExpired || cursor != 3 {
+		t.Fatalf("Resume(%s) two seconds on = %d, %q; want 3, expired", id, cursor, gap)
+	}
+}
+
 func TestEpochsDiffer(t *testing.T) {
 	seen := map[string]bool{}
 	for i := 0; i < 1000; i++ {
