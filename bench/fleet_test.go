@@ -33,9 +33,15 @@ func TestFleetStubsShareOneSchedule(t *testing.T) {
 			t.Fatal(err)
 		}
 		number := regexp.MustCompile(`"id":"evt_df56f5ae(\d{6})`)
+		share := 0 // this stub's events; its stream stays open after them, as opencode's does
+		for i := range n {
+			if i%fleetSize == phase {
+				share++
+			}
+		}
 		sc := bufio.NewScanner(resp.Body)
 		sc.Buffer(nil, 1<<20)
-		for sc.Scan() {
+		for seen := 0; seen < share && sc.Scan(); {
 			if m := number.FindSubmatch(sc.Bytes()); m != nil {
 				i, _ := strconv.Atoi(string(m[1]))
 				if i%fleetSize != phase {
@@ -45,6 +51,7 @@ func TestFleetStubsShareOneSchedule(t *testing.T) {
 					t.Errorf("event %d has no send time", i)
 				}
 				got = append(got, i)
+				seen++
 			}
 		}
 		resp.Body.Close()
