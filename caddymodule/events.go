@@ -29,7 +29,7 @@ type Events struct {
 	RetainEvents int `json:"retain_events,omitempty"`
 
 	// RetainBytes bounds the memory of the events each stream keeps (their
-	// bytes, plus 64 per event). Default: 16 MiB.
+	// bytes, plus 80 per event). Default: 16 MiB.
 	RetainBytes int64 `json:"retain_bytes,omitempty"`
 
 	// RetainFor is how long an event is kept for clients that resume.

@@ -97,7 +97,7 @@ func (f *fakeStream) ServeHTTP(w http.ResponseWriter, r *http.Request) error {
 
 // eventsFront serves a handler with resumable streams in front of next over
 // real HTTP, as Caddy would.
-func eventsFront(t *testing.T, events Events, next caddyhttp.Handler) (*Handler, string) {
+func eventsFront(t testing.TB, events Events, next caddyhttp.Handler) (*Handler, string) {
 	t.Helper()
 	h := fleetHandler(t)
 	h.Mode = ModeDirect
@@ -211,7 +211,7 @@ func datas(evs []sse) string {
 	return strings.Join(out, "\n")
 }
 
-func waitFor(t *testing.T, what string, cond func() bool) {
+func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for !cond() {

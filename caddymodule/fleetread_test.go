@@ -20,7 +20,7 @@ import (
 
 // fleetHandler is a handler that knows a pool of workers, in front of next
 // (which answers as each worker would, by the route's worker).
-func fleetHandler(t *testing.T, dials ...string) *Handler {
+func fleetHandler(t testing.TB, dials ...string) *Handler {
 	// The pool is learned from the policy's report, as in Caddy.
 	t.Helper()
 	index, err := idmap.NewIndex(idmap.NewStore(&certmagic.FileStorage{Path: t.TempDir()}, "test"), idmap.IndexConfig{})
