@@ -109,7 +109,11 @@ func eventsFront(t testing.TB, events Events, next caddyhttp.Handler) (*Handler,
 	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		r = r.WithContext(context.WithValue(r.Context(), caddyhttp.VarsCtxKey, map[string]any{}))
 		if err := h.ServeHTTP(w, r, next); err != nil {
-			http.Error(w, err.Error(), 502)
+			status := http.StatusInternalServerError // as Caddy answers an error
+			if he, ok := err.(caddyhttp.HandlerError); ok {
+				status = he.StatusCode
+			}
+			http.Error(w, err.Error(), status)
 		}
 	}))
 	t.Cleanup(func() {
@@ -464,5 +468,29 @@ func TestTheFleetsMergedStreamIsResumable(t *testing.T) {
 	}
 	if replay := resumed.until(`"n":2`); datas(replay) != datas(got) {
 		t.Fatalf("replayed\n%s\nwant\n%s", datas(replay), datas(got))
+	}
+}
+
+func TestAFleetStreamThatNoWorkerGrantsIsRefusedAsTheyRefuseIt(t *testing.T) {
+	dials := []string{"w1:1", "w2:2"}
+	w1, w2 := newFakeStream(), newFakeStream()
+	w1.password, w2.password = "Basic right", "Basic right"
+	next := byWorker(map[string]func(http.ResponseWriter, *http.Request){
+		"w1:1": func(w http.ResponseWriter, r *http.Request) { _ = w1.ServeHTTP(w, r) },
+		"w2:2": func(w http.ResponseWriter, r *http.Request) { _ = w2.ServeHTTP(w, r) },
+	}, dials...)
+	h, url := eventsFront(t, Events{}, next)
+	h.fleet.pool.Store(newKnownPool(testPool(dials...)))
+	if wrong := subscribe(t, url+"/event", http.Header{"Authorization": {"Basic wrong"}}); wrong.resp.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("wrong credentials on every worker: %d, want their 401", wrong.resp.StatusCode)
+	}
+	right := subscribe(t, url+"/event", http.Header{"Authorization": {"Basic right"}})
+	right.next()
+
+	down := byWorker(map[string]func(http.ResponseWriter, *http.Request){}, dials...) // every worker answers 503
+	h2, url2 := eventsFront(t, Events{}, down)
+	h2.fleet.pool.Store(newKnownPool(testPool(dials...)))
+	if resp := subscribe(t, url2+"/event", nil); resp.resp.StatusCode != http.StatusServiceUnavailable {
+		t.Fatalf("no worker available: %d, want 503", resp.resp.StatusCode)
 	}
 }

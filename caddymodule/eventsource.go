@@ -3,10 +3,12 @@ package caddymodule
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"net/http"
 	"sync"
 	"time"
 
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 	"go.uber.org/zap"
 
@@ -182,7 +184,7 @@ func (f *firstRound) expect(workers []*reverseproxy.Upstream) {
 		f.pending[u.Dial] = true
 	}
 	if len(workers) == 0 {
-		f.decideLocked(nil, errNoWorkers)
+		f.decideLocked(nil, caddyhttp.Error(http.StatusServiceUnavailable, errNoWorkers))
 	}
 }
 
@@ -206,7 +208,14 @@ func (f *firstRound) failed(worker string, refusal *upstreamAnswer, err error) {
 		f.refusal = refusal // a 4xx says more than a 5xx
 	}
 	if err != nil && f.failure == nil {
-		f.failure = askError{op: "subscribe to the events of worker " + worker, err: err}
+		// Caddy answers with the status of a handler error only when it is
+		// one itself, not wrapped.
+		status := http.StatusServiceUnavailable
+		var he caddyhttp.HandlerError
+		if errors.As(err, &he) && he.StatusCode != 0 {
+			status = he.StatusCode
+		}
+		f.failure = caddyhttp.Error(status, fmt.Errorf("subscribe to the events of worker %s: %s", worker, cause(err)))
 	}
 	if len(f.pending) == 0 {
 		f.decideLocked(f.refusal, f.failure)
@@ -216,7 +225,7 @@ func (f *firstRound) failed(worker string, refusal *upstreamAnswer, err error) {
 func (f *firstRound) decideLocked(refusal *upstreamAnswer, failure error) {
 	f.decided = true
 	if refusal == nil && failure == nil {
-		failure = errNoWorkers
+		failure = caddyhttp.Error(http.StatusServiceUnavailable, errNoWorkers)
 	}
 	f.hub.markReady(refusal, failure)
 	go f.hub.registry.remove(f.hub)
