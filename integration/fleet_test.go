@@ -347,15 +347,7 @@ func TestFleet(t *testing.T) {
 	})
 
 	t.Run("every event of every worker arrives on the merged streams under client ids", func(t *testing.T) {
-		var titled []string
-		for w := range f.workers {
-			for i := range 90 {
-				if holder, _ := f.holder(t, id("id", i)); holder == w {
-					titled = append(titled, id("id", i))
-					break
-				}
-			}
-		}
+		titled := oneOnEachWorker(t, f, 90, func(i int) string { return id("id", i) })
 		for _, sid := range titled {
 			if r := call(t, "PATCH", f.front.URL+"/session/"+sid, map[string]any{"title": "renamed " + sid}, ""); r.Status != 200 {
 				t.Fatalf("PATCH %s: %d %s", sid, r.Status, r.Body)
@@ -387,15 +379,7 @@ func TestFleet(t *testing.T) {
 	t.Run("a client of the merged stream that drops and resumes gets every worker's events it missed", func(t *testing.T) {
 		client := openEvents(t, f.front.URL+"/event", "")
 		client.next(t)
-		var onEach []string
-		for w := range f.workers {
-			for i := range 90 {
-				if holder, _ := f.holder(t, id("id", i)); holder == w {
-					onEach = append(onEach, id("id", i))
-					break
-				}
-			}
-		}
+		onEach := oneOnEachWorker(t, f, 90, func(i int) string { return id("id", i) })
 		call(t, "PATCH", f.front.URL+"/session/"+onEach[0], map[string]any{"title": "before the drop"}, "")
 		last := client.until(t, 20*time.Second, func(ev sse) bool { return strings.Contains(ev.data, `"title":"before the drop"`) }).ID()
 		client.cancel()
@@ -555,6 +539,22 @@ func TestFleet(t *testing.T) {
 }
 
 // getJSON is a GET for goroutines: failures are returned, not fatal.
+// oneOnEachWorker returns, for each worker in order, the first of the
+// sessions id(0) … id(n-1) that it holds.
+func oneOnEachWorker(t *testing.T, f *fleet, n int, id func(int) string) []string {
+	t.Helper()
+	var found []string
+	for w := range f.workers {
+		for i := range n {
+			if holder, _ := f.holder(t, id(i)); holder == w {
+				found = append(found, id(i))
+				break
+			}
+		}
+	}
+	return found
+}
+
 func getJSON(url string) (response, error) {
 	client := &http.Client{Timeout: 60 * time.Second}
 	resp, err := client.Get(url)
