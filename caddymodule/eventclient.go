@@ -85,6 +85,9 @@ func (c *eventClient) serve(r *http.Request) error {
 	header.Set("X-Accel-Buffering", "no")
 	header.Del("Content-Length")
 	c.w.WriteHeader(http.StatusOK)
+	if err := c.controller.Flush(); err != nil {
+		return nil // the client is gone
+	}
 	eventMetrics.clients.WithLabelValues(c.namespace).Inc()
 	defer eventMetrics.clients.WithLabelValues(c.namespace).Dec()
 
