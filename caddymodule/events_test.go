@@ -17,6 +17,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
 	"github.com/sessionid/caddy-sessionid/eventlog"
+	"github.com/sessionid/caddy-sessionid/idmap"
 )
 
 // fakeStream is an upstream's event stream that the test feeds: every
@@ -492,5 +493,36 @@ func TestAFleetStreamThatNoWorkerGrantsIsRefusedAsTheyRefuseIt(t *testing.T) {
 	h2.fleet.pool.Store(newKnownPool(testPool(dials...)))
 	if resp := subscribe(t, url2+"/event", nil); resp.resp.StatusCode != http.StatusServiceUnavailable {
 		t.Fatalf("no worker available: %d, want 503", resp.resp.StatusCode)
+	}
+}
+
+func TestAStreamFollowsACreateAnotherInstanceHasUnderWay(t *testing.T) {
+	upstream := newFakeStream()
+	h, url := eventsFront(t, Events{}, upstream)
+	h.Mode = ModeMapping
+	ctx := context.Background()
+	// Another Caddy on the same storage: it has sent the create upstream
+	// and will store the mapping a moment after the upstream's event.
+	there, err := idmap.NewIndex(h.index.Store, idmap.IndexConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer there.Close()
+	if err := there.Store.SavePending(ctx, idmap.Pending{ClientID: "ses_mine", Started: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	client := subscribe(t, url+"/event", nil)
+	client.next()
+	go func() {
+		time.Sleep(150 * time.Millisecond)
+		_ = there.Save(ctx, idmap.Mapping{ClientID: "ses_mine", RealID: "ses_upstream1"})
+		_ = there.Store.RemovePending(ctx, "ses_mine")
+	}()
+	upstream.publish(`{"type":"session.created","properties":{"sessionID":"ses_upstream1","info":{"id":"ses_upstream1","metadata":{"clientSessionID":"ses_mine"}}}}`)
+	upstream.publish(`{"type":"session.idle","properties":{"sessionID":"ses_upstream1"}}`)
+	for range 2 {
+		if ev := client.next(); strings.Contains(ev.data, "ses_upstream1") || !strings.Contains(ev.data, `"sessionID":"ses_mine"`) {
+			t.Fatalf("an event of the new session reached the client as %s", ev.data)
+		}
 	}
 }

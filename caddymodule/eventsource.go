@@ -263,6 +263,7 @@ func (hub *eventHub) ingest(h *Handler, ev []byte) {
 		return
 	}
 	if h.Mode == ModeMapping {
+		h.followCreate(hub.ctx, ev)
 		lookup := &lookupFunc{resolve: h.index.ClientOf, ctx: hub.ctx}
 		var ids int64
 		ev, ids = idmap.Replace(ev, lookup.lookup)
