@@ -32,10 +32,10 @@ func (h *Handler) followCreate(ctx context.Context, ev []byte) {
 	if m == nil {
 		return
 	}
+	// Followed even when the real id is known here already: a "not mapped"
+	// this instance cached for the client id (a request that came too
+	// early) goes too. A create is one storage read.
 	realID, clientID := string(m[1]), string(m[2])
-	if _, mapped, err := h.index.ClientOf(ctx, realID); mapped || err != nil {
-		return
-	}
 	if _, err := h.index.Follow(ctx, clientID, realID, followWait); err != nil {
 		h.logger.Warn("could not follow a create announced on an event stream", zap.String("client_id", clientID), zap.String("real_id", realID), zap.Error(err))
 	}
