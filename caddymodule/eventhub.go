@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"net/http"
 	"net/url"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -30,10 +31,19 @@ import (
 // eventHubs holds one hubRegistry per namespace, across config reloads.
 var eventHubs = caddy.NewUsagePool()
 
-// hubRegistry is the hubs of one namespace, by scope.
+// hubRegistry is the hubs of one namespace, by scope, and the handlers of
+// the namespace's live configs, newest last.
 type hubRegistry struct {
-	mu   sync.Mutex
-	hubs map[string]*eventHub
+	mu       sync.Mutex
+	hubs     map[string]*eventHub
+	handlers []*Handler
+}
+
+// join adds the handler of a config being loaded.
+func (g *hubRegistry) join(h *Handler) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.handlers = append(g.handlers, h)
 }
 
 func newHubRegistry() *hubRegistry { return &hubRegistry{hubs: map[string]*eventHub{}} }
@@ -122,8 +132,8 @@ type eventHub struct {
 	failure   error
 
 	mu       sync.Mutex
-	owner    *Handler          // the live handler subscriptions go through
-	next     caddyhttp.Handler // and its reverse_proxy
+	owner    *Handler          // the live handler: events are rewritten with its index
+	next     caddyhttp.Handler // the reverse_proxy new subscriptions go through; nil until a client of owner's config came
 	newOwner chan struct{}     // closed and replaced when the owner changes
 	greeting []byte            // the first server.connected, for every client
 	clients  int
@@ -179,7 +189,7 @@ func newEventHub(g *hubRegistry, scope eventScope, h *Handler, r *http.Request) 
 }
 
 func (hub *eventHub) setOwnerLocked(h *Handler, next caddyhttp.Handler) {
-	if hub.owner == h {
+	if hub.owner == h && hub.next != nil {
 		return
 	}
 	hub.owner, hub.next = h, next
@@ -187,9 +197,10 @@ func (hub *eventHub) setOwnerLocked(h *Handler, next caddyhttp.Handler) {
 	hub.newOwner = make(chan struct{})
 }
 
-// current returns the handler to subscribe through, or nil and a channel
-// closed when there is one again (its config was unloaded and no client of
-// a newer config has come yet).
+// current returns the handler and the reverse_proxy to subscribe through;
+// next is nil, with a channel closed when that changes, while the config
+// subscriptions went through was unloaded and no client of a newer config
+// has come yet.
 func (hub *eventHub) current() (*Handler, caddyhttp.Handler, <-chan struct{}) {
 	hub.mu.Lock()
 	defer hub.mu.Unlock()
@@ -239,19 +250,38 @@ func (g *hubRegistry) removeLocked(hub *eventHub) {
 	hub.close()
 }
 
-// disown stops hubs from subscribing through a handler whose config is
-// being unloaded. Their running subscriptions go on; a new one waits for a
-// client of a newer config.
+// disown hands the hubs of a handler whose config is being unloaded to the
+// newest live handler of the namespace: their events are rewritten with its
+// index (the old config's storage may be closed). Their running
+// subscriptions go on; a new one waits for a client of a newer config,
+// which brings its reverse_proxy.
 func (g *hubRegistry) disown(h *Handler) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	g.handlers = slices.DeleteFunc(g.handlers, func(x *Handler) bool { return x == h })
+	var heir *Handler
+	if len(g.handlers) > 0 {
+		heir = g.handlers[len(g.handlers)-1]
+	}
 	for _, hub := range g.hubs {
 		hub.mu.Lock()
 		if hub.owner == h {
-			hub.owner, hub.next = nil, nil
+			hub.owner, hub.next = heir, nil
 		}
 		hub.mu.Unlock()
 	}
+}
+
+// rewriter returns the handler whose index rewrites the hub's events: its
+// owner, or fallback (the handler the subscription went through) when the
+// namespace has no live handler left.
+func (hub *eventHub) rewriter(fallback *Handler) *Handler {
+	hub.mu.Lock()
+	defer hub.mu.Unlock()
+	if hub.owner != nil {
+		return hub.owner
+	}
+	return fallback
 }
 
 // close ends the subscription and the log; clients' streams end and they

@@ -94,6 +94,7 @@ func (h *Handler) provisionEvents() error {
 		return err
 	}
 	h.hubs = value.(*hubRegistry)
+	h.hubs.join(h)
 	return nil
 }
 
@@ -110,5 +111,6 @@ func (h *Handler) cleanupEvents() {
 		return
 	}
 	h.hubs.disown(h)
+	h.hubs = nil
 	_, _ = eventHubs.Delete(h.hubsKey)
 }

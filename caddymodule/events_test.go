@@ -526,3 +526,32 @@ func TestAStreamFollowsACreateAnotherInstanceHasUnderWay(t *testing.T) {
 		}
 	}
 }
+
+func TestAfterAReloadAStreamIsRewrittenByTheNewConfig(t *testing.T) {
+	upstream := newFakeStream()
+	old, url := eventsFront(t, Events{}, upstream)
+	old.Mode = ModeMapping
+	client := subscribe(t, url+"/event", nil)
+	client.next()
+
+	// The new config's handler: same namespace, its own index (a Redis
+	// storage is a new client in each config, and the old one is closed).
+	renewed := fleetHandler(t)
+	renewed.Mode, renewed.Namespace, renewed.Events = ModeMapping, old.Namespace, &Events{}
+	if err := renewed.provisionEvents(); err != nil {
+		t.Fatal(err)
+	}
+	defer renewed.cleanupEvents()
+	if err := renewed.index.Save(context.Background(), idmap.Mapping{ClientID: "ses_mine", RealID: "ses_upstream2"}); err != nil {
+		t.Fatal(err)
+	}
+	old.cleanupEvents() // the old config is unloaded
+
+	upstream.publish(`{"type":"session.idle","properties":{"sessionID":"ses_upstream2"}}`)
+	if ev := client.next(); !strings.Contains(ev.data, `"sessionID":"ses_mine"`) {
+		t.Fatalf("after the reload the stream carried %s, want the id the new config maps", ev.data)
+	}
+	if upstream.opened.Load() != 1 {
+		t.Fatalf("the reload made %d subscriptions, want the one that was running", upstream.opened.Load())
+	}
+}

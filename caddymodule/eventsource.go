@@ -40,7 +40,7 @@ func (hub *eventHub) runSingle() {
 	granted := false
 	for hub.ctx.Err() == nil {
 		h, next, owned := hub.current()
-		if h == nil {
+		if next == nil {
 			hub.waitFor(owned)
 			continue
 		}
@@ -78,8 +78,8 @@ func (hub *eventHub) runFleet() {
 	following := map[string]bool{}
 	granted := map[string]bool{} // workers whose stream was granted before
 	for hub.ctx.Err() == nil {
-		h, _, owned := hub.current()
-		if h == nil {
+		h, next, owned := hub.current()
+		if next == nil {
 			hub.waitFor(owned)
 			continue
 		}
@@ -118,7 +118,7 @@ func (hub *eventHub) runFleet() {
 func (hub *eventHub) followWorker(worker string, first *firstRound, grant func(bool) bool) {
 	for hub.ctx.Err() == nil {
 		h, next, owned := hub.current()
-		if h == nil {
+		if next == nil {
 			hub.waitFor(owned)
 			continue
 		}
@@ -348,7 +348,7 @@ func (f *eventFeed) Write(p []byte) (int, error) {
 		}
 		ev := append([]byte(nil), f.buf[:end+2]...)
 		f.buf = f.buf[end+2:]
-		f.hub.ingest(f.h, ev)
+		f.hub.ingest(f.hub.rewriter(f.h), ev)
 	}
 }
 
