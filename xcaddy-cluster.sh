@@ -15,6 +15,6 @@ go run "github.com/caddyserver/xcaddy/cmd/xcaddy@${XCADDY_VERSION}" build "$CADD
 	--with "$module@v0.0.0=$PWD" \
 	--with "$REDIS_STORAGE" \
 	--output "$output"
-"$output" list-modules | grep -qx 'http.handlers.session_ids'
-"$output" list-modules | grep -qx 'caddy.storage.redis'
+"$output" list-modules | grep -x 'http.handlers.session_ids' >/dev/null # not -q: with pipefail, an early exit would fail the pipe
+"$output" list-modules | grep -x 'caddy.storage.redis' >/dev/null # not -q: with pipefail, an early exit would fail the pipe
 echo "built $output with $module and $REDIS_STORAGE"
