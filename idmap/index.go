@@ -62,7 +62,7 @@ type IndexConfig struct {
 // NewIndex returns an Index over store.
 func NewIndex(store *Store, cfg IndexConfig) (*Index, error) {
 	if cfg.CacheEntries <= 0 {
-		cfg.CacheEntries = 100_000
+		cfg.CacheEntries = 20_000
 	}
 	cache, err := ristretto.NewCache(&ristretto.Config[string, entry]{
 		NumCounters: cfg.CacheEntries * 10,
