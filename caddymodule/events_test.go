@@ -442,15 +442,23 @@ func (g *hubRegistry) only() *eventHub {
 	return nil
 }
 
-func TestTheFleetsMergedStreamIsResumable(t *testing.T) {
+// twoWorkerFleet serves resumable streams in front of two workers, each
+// an upstream stream of its own, behind lb_policy session_ids.
+func twoWorkerFleet(t *testing.T, w1, w2 *fakeStream) (*Handler, string) {
+	t.Helper()
 	dials := []string{"w1:1", "w2:2"}
-	w1, w2 := newFakeStream(), newFakeStream()
 	next := byWorker(map[string]func(http.ResponseWriter, *http.Request){
 		"w1:1": func(w http.ResponseWriter, r *http.Request) { _ = w1.ServeHTTP(w, r) },
 		"w2:2": func(w http.ResponseWriter, r *http.Request) { _ = w2.ServeHTTP(w, r) },
 	}, dials...)
 	h, url := eventsFront(t, Events{}, next)
 	h.fleet.pool.Store(newKnownPool(testPool(dials...)))
+	return h, url
+}
+
+func TestTheFleetsMergedStreamIsResumable(t *testing.T) {
+	w1, w2 := newFakeStream(), newFakeStream()
+	_, url := twoWorkerFleet(t, w1, w2)
 	client := subscribe(t, url+"/event", nil)
 	client.next()
 	waitFor(t, "both workers subscribed", func() bool { return w1.open.Load() == 1 && w2.open.Load() == 1 })
@@ -476,12 +484,7 @@ func TestAFleetStreamThatNoWorkerGrantsIsRefusedAsTheyRefuseIt(t *testing.T) {
 	dials := []string{"w1:1", "w2:2"}
 	w1, w2 := newFakeStream(), newFakeStream()
 	w1.password, w2.password = "Basic right", "Basic right"
-	next := byWorker(map[string]func(http.ResponseWriter, *http.Request){
-		"w1:1": func(w http.ResponseWriter, r *http.Request) { _ = w1.ServeHTTP(w, r) },
-		"w2:2": func(w http.ResponseWriter, r *http.Request) { _ = w2.ServeHTTP(w, r) },
-	}, dials...)
-	h, url := eventsFront(t, Events{}, next)
-	h.fleet.pool.Store(newKnownPool(testPool(dials...)))
+	_, url := twoWorkerFleet(t, w1, w2)
 	if wrong := subscribe(t, url+"/event", http.Header{"Authorization": {"Basic wrong"}}); wrong.resp.StatusCode != http.StatusUnauthorized {
 		t.Fatalf("wrong credentials on every worker: %d, want their 401", wrong.resp.StatusCode)
 	}
