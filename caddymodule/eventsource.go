@@ -340,16 +340,11 @@ func (f *eventFeed) Write(p []byte) (int, error) {
 	if err := f.hub.ctx.Err(); err != nil {
 		return 0, err
 	}
-	f.buf = append(f.buf, p...)
-	for {
-		end := bytes.Index(f.buf, []byte("\n\n"))
-		if end < 0 {
-			return len(p), nil
-		}
-		ev := append([]byte(nil), f.buf[:end+2]...)
-		f.buf = f.buf[end+2:]
+	_ = wholeEvents(&f.buf, p, func(ev []byte) error {
 		f.hub.ingest(f.hub.rewriter(f.h), ev)
-	}
+		return nil
+	})
+	return len(p), nil
 }
 
 // FlushError lets the proxy flush each event; events go on as they complete.

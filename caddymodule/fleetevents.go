@@ -160,18 +160,34 @@ func (s *eventSink) Write(p []byte) (int, error) {
 	if s.status != http.StatusOK {
 		return len(p), nil // an error answer: nothing to pass on
 	}
-	s.buf = append(s.buf, p...)
-	for {
-		end := bytes.Index(s.buf, []byte("\n\n"))
-		if end < 0 {
-			return len(p), nil
-		}
-		ev := append([]byte(nil), s.buf[:end+2]...)
-		s.buf = s.buf[end+2:]
+	err := wholeEvents(&s.buf, p, func(ev []byte) error {
 		select {
 		case s.events <- ev:
+			return nil
 		case <-s.ctx.Done():
-			return 0, s.ctx.Err()
+			return s.ctx.Err()
+		}
+	})
+	if err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+// wholeEvents appends p to what buf holds of an event stream and passes on
+// each whole event (ending with a blank line), a copy of its own, keeping
+// the rest for the next write.
+func wholeEvents(buf *[]byte, p []byte, emit func(ev []byte) error) error {
+	*buf = append(*buf, p...)
+	for {
+		end := bytes.Index(*buf, []byte("\n\n"))
+		if end < 0 {
+			return nil
+		}
+		ev := append([]byte(nil), (*buf)[:end+2]...)
+		*buf = (*buf)[end+2:]
+		if err := emit(ev); err != nil {
+			return err
 		}
 	}
 }
