@@ -12,6 +12,8 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/sessionid/caddy-sessionid/idmap"
+	"github.com/sessionid/caddy-sessionid/internal/apierror"
+	"github.com/sessionid/caddy-sessionid/internal/upstream"
 )
 
 // orphanWindow bounds when the session of an interrupted create can have been
@@ -53,23 +55,23 @@ type listedSession struct {
 func (h *Handler) adoptOrphan(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, req *createRequest, pending idmap.Pending) (bool, error) {
 	ctx := r.Context()
 	log := h.logger.With(zap.String("session_id", req.id))
-	upstream, err := h.features(r, next)
+	offers, err := h.features(r, next)
 	if err != nil {
-		upstreamFailed(w, failureStatus(err), "upstream could not be asked what it supports: "+err.Error())
+		apierror.Upstream(w, upstream.FailureStatus(err), "upstream could not be asked what it supports: "+err.Error())
 		return true, nil
 	}
-	answer, err := askUpstream(r, next, http.MethodGet, "/session", pending.Query, nil)
+	answer, err := upstream.Ask(r, next, http.MethodGet, "/session", pending.Query, nil)
 	if err != nil {
-		upstreamFailed(w, failureStatus(err), "upstream could not be searched for an interrupted create: "+err.Error())
+		apierror.Upstream(w, upstream.FailureStatus(err), "upstream could not be searched for an interrupted create: "+err.Error())
 		return true, nil
 	}
-	if !answer.ok() {
-		h.relay(w, r, answer, false)
+	if !answer.OK() {
+		h.ids.Relay(w, r, answer, false)
 		return true, nil
 	}
 	var listed []json.RawMessage
-	if err := json.Unmarshal(answer.body.Bytes(), &listed); err != nil {
-		upstreamFailed(w, http.StatusBadGateway, "upstream session list is not a JSON array")
+	if err := json.Unmarshal(answer.Body.Bytes(), &listed); err != nil {
+		apierror.Upstream(w, http.StatusBadGateway, "upstream session list is not a JSON array")
 		return true, nil
 	}
 	var tagged, candidates []listedSession
@@ -82,7 +84,7 @@ func (h *Handler) adoptOrphan(w http.ResponseWriter, r *http.Request, next caddy
 		switch {
 		case string(s.Metadata[MetadataTag]) == quoted(req.id):
 			tagged = append(tagged, s)
-		case !upstream.metadata && h.couldBeOrphan(r, s, pending):
+		case !offers.metadata && h.couldBeOrphan(r, s, pending):
 			candidates = append(candidates, s)
 		}
 	}
@@ -99,30 +101,30 @@ func (h *Handler) adoptOrphan(w http.ResponseWriter, r *http.Request, next caddy
 	for _, s := range tagged {
 		if diff := pending.Fields.Diff(req.fields); len(diff) > 0 {
 			log.Info("deleting the session of an interrupted create made with other fields", zap.String("real_id", s.ID), zap.Strings("fields", diff))
-			gone, err := askUpstream(r, next, http.MethodDelete, "/session/"+s.ID, "", nil)
-			if err != nil || !gone.ok() && gone.status != http.StatusNotFound {
-				upstreamFailed(w, http.StatusBadGateway, "upstream could not delete the session of an interrupted create")
+			gone, err := upstream.Ask(r, next, http.MethodDelete, "/session/"+s.ID, "", nil)
+			if err != nil || !gone.OK() && gone.Status != http.StatusNotFound {
+				apierror.Upstream(w, http.StatusBadGateway, "upstream could not delete the session of an interrupted create")
 				return true, nil
 			}
 			continue
 		}
-		m := idmap.Mapping{ClientID: req.id, RealID: s.ID, Fields: pending.Fields, Created: time.Now().UTC(), Worker: chosenWorker(r)}
+		m := idmap.Mapping{ClientID: req.id, RealID: s.ID, Fields: pending.Fields, Created: time.Now().UTC(), Worker: upstream.Worker(r)}
 		if err := h.index.Save(ctx, m); err != nil {
-			storageFailed(w, "the session was found but its id mapping could not be stored; retry the create")
+			apierror.Storage(w, "the session was found but its id mapping could not be stored; retry the create")
 			return true, nil
 		}
 		_ = h.index.Store.RemovePending(ctx, req.id)
 		log.Info("adopted the session of an interrupted create", zap.String("real_id", s.ID))
 		h.count(sessionMetrics.adopted)
-		adopted := &upstreamAnswer{status: http.StatusOK, header: answer.header}
-		adopted.body.Write(s.raw)
+		adopted := upstream.NewAnswer(http.StatusOK, answer.Header())
+		adopted.Body.Write(s.raw)
 		if req.v2 {
 			if adopted, err = h.sessionAnswer(r, next, s.ID, true); err != nil {
-				upstreamFailed(w, failureStatus(err), "the session was adopted but could not be read back: "+err.Error())
+				apierror.Upstream(w, upstream.FailureStatus(err), "the session was adopted but could not be read back: "+err.Error())
 				return true, nil
 			}
 		}
-		h.relay(w, r, adopted, false)
+		h.ids.Relay(w, r, adopted, false)
 		return true, nil
 	}
 	return false, nil

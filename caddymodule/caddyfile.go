@@ -8,6 +8,8 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/dustin/go-humanize"
+	"github.com/sessionid/caddy-sessionid/events"
+	"github.com/sessionid/caddy-sessionid/idempotency"
 )
 
 func init() {
@@ -68,13 +70,19 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			continue
 		}
 		if option == "idempotency" {
-			if err := h.unmarshalIdempotency(d); err != nil {
+			if h.Idempotency == nil {
+				h.Idempotency = new(idempotency.Config)
+			}
+			if err := h.Idempotency.UnmarshalCaddyfile(d); err != nil {
 				return err
 			}
 			continue
 		}
 		if option == "events" {
-			if err := h.unmarshalEvents(d); err != nil {
+			if h.Events == nil {
+				h.Events = new(events.Config)
+			}
+			if err := h.Events.UnmarshalCaddyfile(d); err != nil {
 				return err
 			}
 			continue

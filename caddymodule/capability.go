@@ -8,6 +8,7 @@ import (
 	"sync"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/sessionid/caddy-sessionid/internal/upstream"
 )
 
 // capability is how a direct-mode upstream creates a session under a chosen id.
@@ -60,8 +61,8 @@ func (e errNoIDRoute) Error() string {
 // one by one: they may run different versions.
 func (h *Handler) features(r *http.Request, next caddyhttp.Handler) (features, error) {
 	worker := ""
-	if rt := routeOf(r); rt != nil {
-		worker = rt.worker
+	if rt := upstream.RouteOf(r); rt != nil {
+		worker = rt.Worker
 	}
 	probe, _ := h.probes.LoadOrStore(worker, new(capabilityProbe))
 	return probe.(*capabilityProbe).detect(r, next)
@@ -73,7 +74,7 @@ func (p *capabilityProbe) detect(r *http.Request, next caddyhttp.Handler) (featu
 	if p.detected {
 		return p.features, nil
 	}
-	answer, err := askUpstream(r, next, http.MethodGet, "/doc", "", nil)
+	answer, err := upstream.Ask(r, next, http.MethodGet, "/doc", "", nil)
 	if err != nil {
 		return features{}, err
 	}
@@ -85,10 +86,10 @@ func (p *capabilityProbe) detect(r *http.Request, next caddyhttp.Handler) (featu
 // featuresOf reads an OpenAPI document. opencode 1.15 answers unknown
 // routes with its web UI's HTML and a 200, so only a JSON document that
 // declares "id" on a create body counts.
-func featuresOf(answer *upstreamAnswer) features {
-	media, _, _ := mime.ParseMediaType(answer.header.Get("Content-Type"))
-	if !answer.ok() || media != "application/json" {
-		return features{refusal: errNoIDRoute{fmt.Sprintf("its GET /doc answered %d %q, not an OpenAPI document", answer.status, media)}}
+func featuresOf(answer *upstream.Answer) features {
+	media, _, _ := mime.ParseMediaType(answer.Header().Get("Content-Type"))
+	if !answer.OK() || media != "application/json" {
+		return features{refusal: errNoIDRoute{fmt.Sprintf("its GET /doc answered %d %q, not an OpenAPI document", answer.Status, media)}}
 	}
 	var doc struct {
 		Paths map[string]map[string]struct {
@@ -101,7 +102,7 @@ func featuresOf(answer *upstreamAnswer) features {
 			} `json:"requestBody"`
 		} `json:"paths"`
 	}
-	if err := json.Unmarshal(answer.body.Bytes(), &doc); err != nil {
+	if err := json.Unmarshal(answer.Body.Bytes(), &doc); err != nil {
 		return features{refusal: errNoIDRoute{"its GET /doc is not valid JSON"}}
 	}
 	takes := func(path, field string) bool {

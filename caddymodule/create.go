@@ -11,7 +11,10 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 
+	"github.com/sessionid/caddy-sessionid/fleet"
 	"github.com/sessionid/caddy-sessionid/idmap"
+	"github.com/sessionid/caddy-sessionid/internal/apierror"
+	"github.com/sessionid/caddy-sessionid/internal/upstream"
 )
 
 // MetadataTag is the key under which a created session's metadata carries
@@ -21,8 +24,9 @@ import (
 // belongs to.
 const MetadataTag = "clientSessionID"
 
-// ReplayHeader marks an answer that returns a session created earlier.
-const ReplayHeader = "Idempotent-Replayed"
+// ReplayHeader marks an answer that returns a session created earlier (and
+// a replayed keyed prompt).
+const ReplayHeader = upstream.ReplayHeader
 
 // serveCreate handles POST /session and POST /api/session. Without an id in
 // the body it is an ordinary create and passes through; with one, the session
@@ -31,8 +35,8 @@ func (h *Handler) serveCreate(w http.ResponseWriter, r *http.Request, next caddy
 	var raw []byte
 	if r.Body != nil && r.Body != http.NoBody {
 		var err error
-		if raw, err = readBody(r, h.MaxBodySize); err != nil {
-			h.writeBodyError(w, err)
+		if raw, err = upstream.ReadBody(r, h.MaxBodySize); err != nil {
+			upstream.BodyRefused(w, err, h.MaxBodySize)
 			return nil
 		}
 	}
@@ -46,29 +50,23 @@ func (h *Handler) serveCreate(w http.ResponseWriter, r *http.Request, next caddy
 		return nil
 	case req == nil:
 		return h.proxyNewSession(w, r, next, raw)
-	case h.Mode == ModeDirect:
-		return h.createDirect(w, r, next, req)
 	}
-	return h.create(w, r, next, req)
+	return h.createSession(w, r, next, req)
 }
 
-// create makes, finds or refuses the session of one client id, under the id's
-// lock so that it happens once however many creates of the id arrive at once.
-func (h *Handler) create(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, req *createRequest) error {
+// createMapped makes, finds or refuses the session of one client id in
+// mapping mode, under the id's lock so that it happens once however many
+// creates of the id arrive at once.
+func (h *Handler) createMapped(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, req *createRequest) error {
 	ctx := r.Context()
 	log := h.logger.With(zap.String("session_id", req.id))
-	unlock := h.lockForCreate(w, r, next, req)
-	if unlock == nil {
+	lock := h.lockForCreate(w, r, next, req)
+	if lock == nil {
 		return nil
 	}
-	defer unlock()
+	defer lock.unlock()
+	pending := lock.pending
 
-	pending, err := h.index.Store.LoadPending(ctx, req.id)
-	pendingFound := err == nil
-	if err != nil && !errors.Is(err, idmap.ErrNotFound) {
-		storageFailed(w, "pending create could not be read: "+err.Error())
-		return nil
-	}
 	if taken := h.idTaken(w, r, next, req, pending.Worker); taken {
 		return nil
 	}
@@ -83,52 +81,52 @@ func (h *Handler) create(w http.ResponseWriter, r *http.Request, next caddyhttp.
 		err = lookup.err
 	}
 	if err != nil {
-		storageFailed(w, err.Error())
+		apierror.Storage(w, err.Error())
 		return nil
 	}
 
-	if pendingFound {
+	if lock.pendingFound {
 		adopted, err := h.adoptOrphan(w, r, next, req, pending)
 		if adopted || err != nil {
 			return err
 		}
 	}
-	worker := chosenWorker(r)
+	worker := upstream.Worker(r)
 	if err := h.index.Store.SavePending(ctx, idmap.Pending{ClientID: req.id, Fields: req.fields, Query: r.URL.RawQuery, Started: time.Now().UTC(), Worker: worker}); err != nil {
-		storageFailed(w, err.Error())
+		apierror.Storage(w, err.Error())
 		return nil
 	}
 
 	endCreate := h.index.BeginCreate()
-	answer, err := askUpstream(r, next, http.MethodPost, "/session", r.URL.RawQuery, upBody)
+	answer, err := upstream.Ask(r, next, http.MethodPost, "/session", r.URL.RawQuery, upBody)
 	if err != nil {
 		endCreate()
 		// The create may or may not have happened: the pending record stays,
 		// and the next create of this id looks for the session before making one.
 		log.Warn("upstream create failed", zap.Error(err))
-		upstreamFailed(w, failureStatus(err), "upstream could not create the session: "+err.Error())
+		apierror.Upstream(w, upstream.FailureStatus(err), "upstream could not create the session: "+err.Error())
 		return nil
 	}
-	if !answer.ok() {
+	if !answer.OK() {
 		endCreate()
-		if answer.status < 500 { // refused: nothing was created
+		if answer.Status < 500 { // refused: nothing was created
 			_ = h.index.Store.RemovePending(ctx, req.id)
 		}
-		h.relay(w, r, answer, false)
+		h.ids.Relay(w, r, answer, false)
 		return nil
 	}
-	realID, err := sessionIDOf(answer.body.Bytes())
+	realID, err := sessionIDOf(answer.Body.Bytes())
 	if err != nil {
 		endCreate()
 		log.Error("upstream create answered without a usable id", zap.Error(err))
-		upstreamFailed(w, http.StatusBadGateway, err.Error())
+		apierror.Upstream(w, http.StatusBadGateway, err.Error())
 		return nil
 	}
 	err = h.index.Save(ctx, idmap.Mapping{ClientID: req.id, RealID: realID, Fields: req.fields, Created: time.Now().UTC(), Worker: worker})
 	endCreate()
 	if err != nil {
 		log.Error("session created upstream but its mapping could not be stored", zap.String("real_id", realID), zap.Error(err))
-		storageFailed(w, "the session was created but its id mapping could not be stored; retry the create to adopt it")
+		apierror.Storage(w, "the session was created but its id mapping could not be stored; retry the create to adopt it")
 		return nil
 	}
 	if err := h.index.Store.RemovePending(ctx, req.id); err != nil {
@@ -138,33 +136,41 @@ func (h *Handler) create(w http.ResponseWriter, r *http.Request, next caddyhttp.
 	h.count(sessionMetrics.creates)
 	if req.v2 {
 		if answer, err = h.sessionAnswer(r, next, realID, true); err != nil {
-			upstreamFailed(w, failureStatus(err), "the session was created but could not be read back: "+err.Error())
+			apierror.Upstream(w, upstream.FailureStatus(err), "the session was created but could not be read back: "+err.Error())
 			return nil
 		}
 	}
-	h.relay(w, r, answer, false)
+	h.ids.Relay(w, r, answer, false)
 	return nil
+}
+
+// createLock is a create that holds its id's lock, with what an earlier
+// attempt of it left pending, if anything.
+type createLock struct {
+	unlock       func()
+	pending      idmap.Pending
+	pendingFound bool
 }
 
 // lockForCreate takes the lock of a create's id and, if the id is mapped (or,
 // in direct mode, recorded) already, answers by the duplicate policy. It
-// returns the unlock function when the create is to go on, and nil when it
-// has answered. A mapping whose session the upstream no longer has is
-// removed: the id is free again.
-func (h *Handler) lockForCreate(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, req *createRequest) func() {
+// returns the lock when the create is to go on, with the pending record an
+// interrupted attempt left, and nil when it has answered. A mapping whose
+// session the upstream no longer has is removed: the id is free again.
+func (h *Handler) lockForCreate(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, req *createRequest) *createLock {
 	ctx := r.Context()
 	log := h.logger.With(zap.String("session_id", req.id))
 	unlock, err := h.index.Lock(ctx, req.id)
 	if err != nil {
 		log.Error("could not lock session id", zap.Error(err))
-		storageFailed(w, fmt.Sprintf("could not lock session id %s: %v", req.id, err))
+		apierror.Storage(w, fmt.Sprintf("could not lock session id %s: %v", req.id, err))
 		return nil
 	}
 	m, err := h.index.Store.Load(ctx, req.id)
 	switch {
 	case err == nil:
-		if err := h.pinExisting(r, next, req.id, m.Worker); err != nil {
-			h.placementFailed(w, err)
+		if err := h.fleet.Pin(r, next, req.id, m.Worker); err != nil {
+			fleet.PlacementFailed(w, err)
 			unlock()
 			return nil
 		}
@@ -174,17 +180,23 @@ func (h *Handler) lockForCreate(w http.ResponseWriter, r *http.Request, next cad
 		}
 		log.Warn("mapped session no longer exists upstream; creating it again", zap.String("real_id", m.RealID))
 		if err := h.index.Remove(ctx, m); err != nil {
-			storageFailed(w, "could not remove a stale mapping: "+err.Error())
+			apierror.Storage(w, "could not remove a stale mapping: "+err.Error())
 			unlock()
 			return nil
 		}
 	case !errors.Is(err, idmap.ErrNotFound):
 		log.Error("could not read mapping", zap.Error(err))
-		storageFailed(w, "session id mapping could not be read")
+		apierror.Storage(w, "session id mapping could not be read")
 		unlock()
 		return nil
 	}
-	return unlock
+	pending, err := h.index.Store.LoadPending(ctx, req.id)
+	if err != nil && !errors.Is(err, idmap.ErrNotFound) {
+		apierror.Storage(w, "pending create could not be read: "+err.Error())
+		unlock()
+		return nil
+	}
+	return &createLock{unlock: unlock, pending: pending, pendingFound: err == nil}
 }
 
 // answerDuplicate answers a create of an id that is mapped already, by the
@@ -195,24 +207,24 @@ func (h *Handler) answerDuplicate(w http.ResponseWriter, r *http.Request, next c
 	if !decision.Replay {
 		h.count(sessionMetrics.conflicts)
 		if len(decision.Differ) > 0 {
-			conflict(w, req.id, fmt.Sprintf("session %s exists with a different %s", req.id, strings.Join(decision.Differ, ", ")), decision.Differ)
+			apierror.Conflict(w, req.id, fmt.Sprintf("session %s exists with a different %s", req.id, strings.Join(decision.Differ, ", ")), decision.Differ)
 		} else {
-			conflict(w, req.id, fmt.Sprintf("session %s already exists", req.id), nil)
+			apierror.Conflict(w, req.id, fmt.Sprintf("session %s already exists", req.id), nil)
 		}
 		return true
 	}
 	answer, err := h.sessionAnswer(r, next, m.RealID, req.v2)
 	if err != nil {
-		upstreamFailed(w, failureStatus(err), "upstream could not be asked for the existing session: "+err.Error())
+		apierror.Upstream(w, upstream.FailureStatus(err), "upstream could not be asked for the existing session: "+err.Error())
 		return true
 	}
-	if answer.status == http.StatusNotFound {
+	if answer.Status == http.StatusNotFound {
 		return false
 	}
-	if answer.ok() {
+	if answer.OK() {
 		h.count(sessionMetrics.replays)
 	}
-	h.relay(w, r, answer, answer.ok())
+	h.ids.Relay(w, r, answer, answer.OK())
 	return true
 }
 
@@ -225,25 +237,25 @@ func (h *Handler) idTaken(w http.ResponseWriter, r *http.Request, next caddyhttp
 	_, err := h.index.Store.ClientOf(r.Context(), id)
 	if err == nil {
 		h.count(sessionMetrics.conflicts)
-		conflict(w, id, fmt.Sprintf("session id %s is already used by another session", id), nil)
+		apierror.Conflict(w, id, fmt.Sprintf("session id %s is already used by another session", id), nil)
 		return true
 	}
 	if !errors.Is(err, idmap.ErrNotFound) {
-		storageFailed(w, "session id mapping could not be read")
+		apierror.Storage(w, "session id mapping could not be read")
 		return true
 	}
-	answer, err := h.placeCreate(r, next, req, preferred)
+	answer, err := h.fleet.Place(r, next, req.id, req.parentID(), preferred)
 	if err != nil {
-		h.placementFailed(w, err)
+		fleet.PlacementFailed(w, err)
 		return true
 	}
 	switch {
-	case answer.ok():
+	case answer.OK():
 		h.count(sessionMetrics.conflicts)
-		conflict(w, id, fmt.Sprintf("session id %s is already used by an upstream session", id), nil)
+		apierror.Conflict(w, id, fmt.Sprintf("session id %s is already used by an upstream session", id), nil)
 		return true
-	case answer.status != http.StatusNotFound:
-		h.relay(w, r, answer, false)
+	case answer.Status != http.StatusNotFound:
+		h.ids.Relay(w, r, answer, false)
 		return true
 	}
 	return false

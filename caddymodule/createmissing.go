@@ -10,6 +10,8 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/sessionid/caddy-sessionid/idmap"
+	"github.com/sessionid/caddy-sessionid/internal/apierror"
+	"github.com/sessionid/caddy-sessionid/internal/upstream"
 )
 
 // createMissingTarget returns the session id of a request create_missing
@@ -39,13 +41,13 @@ func (h *Handler) createMissing(w http.ResponseWriter, r *http.Request, next cad
 	_, known, err := h.index.RealOf(ctx, id)
 	switch {
 	case err != nil:
-		storageFailed(w, "session id mapping could not be read")
+		apierror.Storage(w, "session id mapping could not be read")
 		return true
 	case known:
 		return false
 	}
-	existing, err := askUpstream(r, next, http.MethodGet, "/session/"+url.PathEscape(id), "", nil)
-	if err != nil || existing.status != http.StatusNotFound {
+	existing, err := upstream.Ask(r, next, http.MethodGet, "/session/"+url.PathEscape(id), "", nil)
+	if err != nil || existing.Status != http.StatusNotFound {
 		return false // the upstream has it (or is failing: the request will say so)
 	}
 
@@ -54,21 +56,17 @@ func (h *Handler) createMissing(w http.ResponseWriter, r *http.Request, next cad
 	create.Body, create.ContentLength = http.NoBody, 0
 	location := requestLocation(r)
 	req := &createRequest{id: id, body: map[string]json.RawMessage{}, directory: location["directory"], fields: idmap.NewFields(nil, location)}
-	answer := &upstreamAnswer{header: http.Header{}}
-	if h.Mode == ModeDirect {
-		_ = h.createDirect(answer, create, next, req)
-	} else {
-		_ = h.create(answer, create, next, req)
-	}
-	if answer.status == http.StatusOK || answer.status == http.StatusConflict {
+	answer := upstream.NewAnswer(0, nil)
+	_ = h.createSession(answer, create, next, req)
+	if answer.Status == http.StatusOK || answer.Status == http.StatusConflict {
 		// Created, or created meanwhile by another request (a replay or a
 		// 409 under a strict policy): either way the id exists now.
-		if answer.header.Get(ReplayHeader) == "" && answer.status == http.StatusOK {
+		if answer.Header().Get(ReplayHeader) == "" && answer.Status == http.StatusOK {
 			h.count(sessionMetrics.createdMissing)
 			h.logger.Info("created a missing session", zap.String("session_id", id), zap.String("uri", r.RequestURI))
 		}
 		return false
 	}
-	h.relay(w, r, answer, false)
+	h.ids.Relay(w, r, answer, false)
 	return true
 }

@@ -8,6 +8,8 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/sessionid/caddy-sessionid/idmap"
+	"github.com/sessionid/caddy-sessionid/internal/apierror"
+	"github.com/sessionid/caddy-sessionid/internal/upstream"
 )
 
 // serveDelete deletes a mapped session upstream and then its mapping, under
@@ -22,7 +24,7 @@ func (h *Handler) serveDelete(w http.ResponseWriter, r *http.Request, next caddy
 	}
 	unlock, err := h.index.Lock(ctx, id)
 	if err != nil {
-		storageFailed(w, "could not lock session id "+id+": "+err.Error())
+		apierror.Storage(w, "could not lock session id "+id+": "+err.Error())
 		return nil
 	}
 	defer unlock()
@@ -31,26 +33,26 @@ func (h *Handler) serveDelete(w http.ResponseWriter, r *http.Request, next caddy
 		return h.proxy(w, r, next, nil)
 	}
 	if err != nil {
-		storageFailed(w, "session id mapping could not be read")
+		apierror.Storage(w, "session id mapping could not be read")
 		return nil
 	}
-	if h.Mode == ModeMapping && !h.toUpstream(w, r, nil) {
+	if !h.ids.Request(w, r, nil) {
 		return nil
 	}
-	answer, err := askUpstream(r, next, http.MethodDelete, r.URL.Path, r.URL.RawQuery, nil)
+	answer, err := upstream.Ask(r, next, http.MethodDelete, r.URL.Path, r.URL.RawQuery, nil)
 	if err != nil {
-		upstreamFailed(w, failureStatus(err), "upstream could not delete the session: "+err.Error())
+		apierror.Upstream(w, upstream.FailureStatus(err), "upstream could not delete the session: "+err.Error())
 		return nil
 	}
-	if answer.ok() || answer.status == http.StatusNotFound {
+	if answer.OK() || answer.Status == http.StatusNotFound {
 		if err := h.index.Remove(ctx, m); err != nil {
 			h.logger.Error("session deleted upstream but its mapping could not be removed", zap.String("session_id", id), zap.Error(err))
-			storageFailed(w, "the session was deleted but its id mapping could not be removed; retry the delete")
+			apierror.Storage(w, "the session was deleted but its id mapping could not be removed; retry the delete")
 			return nil
 		}
-		h.forgetPrompts(ctx, id)
+		h.prompts.Forget(ctx, id)
 		h.logger.Info("session deleted", zap.String("session_id", id), zap.String("real_id", m.RealID))
 	}
-	h.relay(w, r, answer, false)
+	h.ids.Relay(w, r, answer, false)
 	return nil
 }

@@ -2,7 +2,6 @@ package caddymodule
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -11,7 +10,10 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 
+	"github.com/sessionid/caddy-sessionid/fleet"
 	"github.com/sessionid/caddy-sessionid/idmap"
+	"github.com/sessionid/caddy-sessionid/internal/apierror"
+	"github.com/sessionid/caddy-sessionid/internal/upstream"
 )
 
 // createDirect makes, finds or refuses the session of one id on an upstream
@@ -22,36 +24,31 @@ import (
 func (h *Handler) createDirect(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, req *createRequest) error {
 	ctx := r.Context()
 	log := h.logger.With(zap.String("session_id", req.id))
-	unlock := h.lockForCreate(w, r, next, req)
-	if unlock == nil {
+	lock := h.lockForCreate(w, r, next, req)
+	if lock == nil {
 		return nil
 	}
-	defer unlock()
+	defer lock.unlock()
+	pending, pendingFound := lock.pending, lock.pendingFound
 
-	pending, err := h.index.Store.LoadPending(ctx, req.id)
-	pendingFound := err == nil
-	if err != nil && !errors.Is(err, idmap.ErrNotFound) {
-		storageFailed(w, "pending create could not be read: "+err.Error())
-		return nil
-	}
-	existing, err := h.placeCreate(r, next, req, pending.Worker)
+	existing, err := h.fleet.Place(r, next, req.id, req.parentID(), pending.Worker)
 	if err != nil {
-		h.placementFailed(w, err)
+		fleet.PlacementFailed(w, err)
 		return nil
 	}
-	upstream, err := h.features(r, next)
+	offers, err := h.features(r, next)
 	if err != nil {
-		upstreamFailed(w, failureStatus(err), "upstream could not be asked what it supports: "+err.Error())
+		apierror.Upstream(w, upstream.FailureStatus(err), "upstream could not be asked what it supports: "+err.Error())
 		return nil
 	}
-	if upstream.refusal != nil {
-		log.Error("direct mode cannot work with this upstream", zap.String("worker", chosenWorker(r)), zap.Error(upstream.refusal))
-		upstreamFailed(w, http.StatusNotImplemented, upstream.refusal.Error())
+	if offers.refusal != nil {
+		log.Error("direct mode cannot work with this upstream", zap.String("worker", upstream.Worker(r)), zap.Error(offers.refusal))
+		apierror.Upstream(w, http.StatusNotImplemented, offers.refusal.Error())
 		return nil
 	}
-	capability := upstream.idRoute
+	capability := offers.idRoute
 
-	if existing.ok() && pendingFound {
+	if existing.OK() && pendingFound {
 		// An earlier attempt made the session and stopped before recording it:
 		// finish it when it was asked for with these fields, else replace it.
 		if len(pending.Fields.Diff(req.fields)) == 0 {
@@ -60,36 +57,36 @@ func (h *Handler) createDirect(w http.ResponseWriter, r *http.Request, next cadd
 			return h.finishDirect(w, r, next, req, capability)
 		}
 		log.Info("deleting the session of an interrupted create made with other fields")
-		if existing, err = askUpstream(r, next, http.MethodDelete, "/session/"+url.PathEscape(req.id), "", nil); err != nil || !existing.ok() {
-			upstreamFailed(w, http.StatusBadGateway, "upstream could not delete the session of an interrupted create")
+		if existing, err = upstream.Ask(r, next, http.MethodDelete, "/session/"+url.PathEscape(req.id), "", nil); err != nil || !existing.OK() {
+			apierror.Upstream(w, http.StatusBadGateway, "upstream could not delete the session of an interrupted create")
 			return nil
 		}
-		existing.status = http.StatusNotFound
+		existing.Status = http.StatusNotFound
 	}
 	switch {
-	case existing.ok():
+	case existing.OK():
 		h.count(sessionMetrics.conflicts)
-		conflict(w, req.id, fmt.Sprintf("session id %s is already used by an upstream session", req.id), nil)
+		apierror.Conflict(w, req.id, fmt.Sprintf("session id %s is already used by an upstream session", req.id), nil)
 		return nil
-	case existing.status != http.StatusNotFound:
-		h.relay(w, r, existing, false)
+	case existing.Status != http.StatusNotFound:
+		h.ids.Relay(w, r, existing, false)
 		return nil
 	}
 
-	if err := h.index.Store.SavePending(ctx, idmap.Pending{ClientID: req.id, Fields: req.fields, Query: r.URL.RawQuery, Started: time.Now().UTC(), Worker: chosenWorker(r)}); err != nil {
-		storageFailed(w, err.Error())
+	if err := h.index.Store.SavePending(ctx, idmap.Pending{ClientID: req.id, Fields: req.fields, Query: r.URL.RawQuery, Started: time.Now().UTC(), Worker: upstream.Worker(r)}); err != nil {
+		apierror.Storage(w, err.Error())
 		return nil
 	}
-	var answer *upstreamAnswer
+	var answer *upstream.Answer
 	switch {
 	case capability == capNative:
 		body := cloneBody(req.body)
 		body["id"], _ = json.Marshal(req.id)
 		raw, _ := json.Marshal(body)
-		answer, err = askUpstream(r, next, http.MethodPost, "/session", r.URL.RawQuery, raw)
+		answer, err = upstream.Ask(r, next, http.MethodPost, "/session", r.URL.RawQuery, raw)
 	case req.parentID() != "":
-		if !upstream.replay {
-			upstreamFailed(w, http.StatusNotImplemented, "the upstream cannot create a child session under a chosen id (no POST /sync/replay)")
+		if !offers.replay {
+			apierror.Upstream(w, http.StatusNotImplemented, "the upstream cannot create a child session under a chosen id (no POST /sync/replay)")
 			return nil
 		}
 		answer, err = h.createChildByReplay(r, next, req)
@@ -98,14 +95,14 @@ func (h *Handler) createDirect(w http.ResponseWriter, r *http.Request, next cadd
 	}
 	if err != nil {
 		log.Warn("upstream create failed", zap.Error(err))
-		upstreamFailed(w, failureStatus(err), "upstream could not create the session: "+err.Error())
+		apierror.Upstream(w, upstream.FailureStatus(err), "upstream could not create the session: "+err.Error())
 		return nil
 	}
-	if !answer.ok() {
-		if answer.status < 500 {
+	if !answer.OK() {
+		if answer.Status < 500 {
 			_ = h.index.Store.RemovePending(ctx, req.id)
 		}
-		h.relay(w, r, answer, false)
+		h.ids.Relay(w, r, answer, false)
 		return nil
 	}
 	return h.finishDirect(w, r, next, req, capability)
@@ -118,19 +115,19 @@ func (h *Handler) finishDirect(w http.ResponseWriter, r *http.Request, next cadd
 	ctx := r.Context()
 	if capability == capOpencodeV2 && req.parentID() == "" {
 		if patch := req.patchBody(); patch != nil {
-			answer, err := askUpstream(r, next, http.MethodPatch, "/session/"+req.id, "", patch)
+			answer, err := upstream.Ask(r, next, http.MethodPatch, "/session/"+req.id, "", patch)
 			if err != nil {
-				upstreamFailed(w, failureStatus(err), "upstream could not set the session's fields: "+err.Error())
+				apierror.Upstream(w, upstream.FailureStatus(err), "upstream could not set the session's fields: "+err.Error())
 				return nil
 			}
-			if !answer.ok() {
-				h.relay(w, r, answer, false)
+			if !answer.OK() {
+				h.ids.Relay(w, r, answer, false)
 				return nil
 			}
 		}
 	}
-	if err := h.index.Save(ctx, idmap.Mapping{ClientID: req.id, RealID: req.id, Fields: req.fields, Created: time.Now().UTC(), Worker: chosenWorker(r)}); err != nil {
-		storageFailed(w, "the session was created but its record could not be stored; retry the create")
+	if err := h.index.Save(ctx, idmap.Mapping{ClientID: req.id, RealID: req.id, Fields: req.fields, Created: time.Now().UTC(), Worker: upstream.Worker(r)}); err != nil {
+		apierror.Storage(w, "the session was created but its record could not be stored; retry the create")
 		return nil
 	}
 	if err := h.index.Store.RemovePending(ctx, req.id); err != nil {
@@ -140,16 +137,16 @@ func (h *Handler) finishDirect(w http.ResponseWriter, r *http.Request, next cadd
 	h.count(sessionMetrics.creates)
 	answer, err := h.sessionAnswer(r, next, req.id, req.v2)
 	if err != nil {
-		upstreamFailed(w, failureStatus(err), "the session was created but could not be read back: "+err.Error())
+		apierror.Upstream(w, upstream.FailureStatus(err), "the session was created but could not be read back: "+err.Error())
 		return nil
 	}
-	h.relay(w, r, answer, false)
+	h.ids.Relay(w, r, answer, false)
 	return nil
 }
 
 // createV2 creates through opencode's v2 route, which takes the id, agent,
 // model and location; the rest is set by finishDirect's PATCH.
-func (h *Handler) createV2(r *http.Request, next caddyhttp.Handler, req *createRequest) (*upstreamAnswer, error) {
+func (h *Handler) createV2(r *http.Request, next caddyhttp.Handler, req *createRequest) (*upstream.Answer, error) {
 	body := map[string]json.RawMessage{}
 	body["id"], _ = json.Marshal(req.id)
 	for _, name := range []string{"agent", "model"} {
@@ -161,8 +158,8 @@ func (h *Handler) createV2(r *http.Request, next caddyhttp.Handler, req *createR
 		body["location"], _ = json.Marshal(map[string]string{"directory": req.directory})
 	}
 	raw, _ := json.Marshal(body)
-	answer, err := askUpstream(r, next, http.MethodPost, "/api/session", "", raw)
-	if err != nil || !answer.ok() {
+	answer, err := upstream.Ask(r, next, http.MethodPost, "/api/session", "", raw)
+	if err != nil || !answer.OK() {
 		return answer, err
 	}
 	// Never take a 200 for success unless it is the session asked for:
@@ -172,7 +169,7 @@ func (h *Handler) createV2(r *http.Request, next caddyhttp.Handler, req *createR
 			ID string `json:"id"`
 		} `json:"data"`
 	}
-	if json.Unmarshal(answer.body.Bytes(), &created) != nil || created.Data.ID != req.id {
+	if json.Unmarshal(answer.Body.Bytes(), &created) != nil || created.Data.ID != req.id {
 		return nil, caddyhttp.Error(http.StatusBadGateway, fmt.Errorf("upstream answered POST /api/session without the session %s", req.id))
 	}
 	return answer, nil
@@ -181,13 +178,13 @@ func (h *Handler) createV2(r *http.Request, next caddyhttp.Handler, req *createR
 // createChildByReplay creates a child session under a chosen id the only way
 // stock opencode allows: by replaying a session.created sync event with a
 // complete session object, modelled on the parent's.
-func (h *Handler) createChildByReplay(r *http.Request, next caddyhttp.Handler, req *createRequest) (*upstreamAnswer, error) {
-	parent, err := askUpstream(r, next, http.MethodGet, "/session/"+url.PathEscape(req.parentID()), "", nil)
-	if err != nil || !parent.ok() {
+func (h *Handler) createChildByReplay(r *http.Request, next caddyhttp.Handler, req *createRequest) (*upstream.Answer, error) {
+	parent, err := upstream.Ask(r, next, http.MethodGet, "/session/"+url.PathEscape(req.parentID()), "", nil)
+	if err != nil || !parent.OK() {
 		return parent, err
 	}
 	var info map[string]json.RawMessage
-	if err := json.Unmarshal(parent.body.Bytes(), &info); err != nil {
+	if err := json.Unmarshal(parent.Body.Bytes(), &info); err != nil {
 		return nil, caddyhttp.Error(http.StatusBadGateway, fmt.Errorf("parent session is not JSON: %w", err))
 	}
 	for _, name := range []string{"share", "summary", "revert", "metadata", "permission", "agent", "model", "workspaceID"} {
@@ -218,33 +215,33 @@ func (h *Handler) createChildByReplay(r *http.Request, next caddyhttp.Handler, r
 			"data": map[string]any{"sessionID": req.id, "info": info},
 		}},
 	})
-	return askUpstream(r, next, http.MethodPost, "/sync/replay", "directory="+url.QueryEscape(directory), events)
+	return upstream.Ask(r, next, http.MethodPost, "/sync/replay", "directory="+url.QueryEscape(directory), events)
 }
 
 // sessionAnswer reads a session back in the shape the client asked in: v1
 // (GET /session/{id}) or v2 ({"data": ...} from GET /api/session/{id}, or
 // the v1 object wrapped so where the upstream has no such route).
-func (h *Handler) sessionAnswer(r *http.Request, next caddyhttp.Handler, id string, v2 bool) (*upstreamAnswer, error) {
+func (h *Handler) sessionAnswer(r *http.Request, next caddyhttp.Handler, id string, v2 bool) (*upstream.Answer, error) {
 	if v2 {
-		answer, err := askUpstream(r, next, http.MethodGet, "/api/session/"+id, "", nil)
+		answer, err := upstream.Ask(r, next, http.MethodGet, "/api/session/"+id, "", nil)
 		if err != nil {
 			return nil, err
 		}
 		var probe struct {
 			Data json.RawMessage `json:"data"`
 		}
-		if answer.ok() && json.Unmarshal(answer.body.Bytes(), &probe) == nil && len(probe.Data) > 0 {
+		if answer.OK() && json.Unmarshal(answer.Body.Bytes(), &probe) == nil && len(probe.Data) > 0 {
 			return answer, nil
 		}
 	}
-	answer, err := askUpstream(r, next, http.MethodGet, "/session/"+id, "", nil)
-	if err != nil || !v2 || !answer.ok() {
+	answer, err := upstream.Ask(r, next, http.MethodGet, "/session/"+id, "", nil)
+	if err != nil || !v2 || !answer.OK() {
 		return answer, err
 	}
-	wrapped := &upstreamAnswer{status: answer.status, header: answer.header}
-	wrapped.body.WriteString(`{"data":`)
-	wrapped.body.Write(answer.body.Bytes())
-	wrapped.body.WriteString(`}`)
+	wrapped := upstream.NewAnswer(answer.Status, answer.Header())
+	wrapped.Body.WriteString(`{"data":`)
+	wrapped.Body.Write(answer.Body.Bytes())
+	wrapped.Body.WriteString(`}`)
 	return wrapped, nil
 }
 

@@ -10,6 +10,9 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/sessionid/caddy-sessionid/events"
+	"github.com/sessionid/caddy-sessionid/internal/upstreamtest"
 )
 
 // BenchmarkFanOut is one event reaching every client of a stream, with
@@ -31,8 +34,8 @@ func BenchmarkFanOut(b *testing.B) {
 }
 
 func benchmarkFanOut(b *testing.B, off bool, clients int) {
-	upstream := newFakeStream()
-	_, url := eventsFront(b, Events{Off: off}, upstream)
+	upstream := upstreamtest.NewFakeStream()
+	_, url := eventsFront(b, ModeDirect, events.Config{Off: off}, upstream)
 	transport := &http.Transport{MaxIdleConnsPerHost: clients, DisableCompression: true}
 	defer transport.CloseIdleConnections()
 	client := &http.Client{Transport: transport}
@@ -68,11 +71,11 @@ func benchmarkFanOut(b *testing.B, off bool, clients int) {
 	if off {
 		subscriptions = int64(clients)
 	}
-	waitFor(b, "every client subscribed", func() bool { return upstream.open.Load() == subscriptions })
+	upstreamtest.WaitFor(b, "every client subscribed", func() bool { return upstream.Open.Load() == subscriptions })
 
 	var latencies []time.Duration
 	for b.Loop() {
-		upstream.publish(`{"type":"n","properties":{"sent":%d}}`, time.Now().UnixNano())
+		upstream.Publish(`{"type":"n","properties":{"sent":%d}}`, time.Now().UnixNano())
 		for range clients {
 			latencies = append(latencies, <-delivered)
 		}
@@ -82,8 +85,8 @@ func benchmarkFanOut(b *testing.B, off bool, clients int) {
 		body.Close()
 	}
 	wg.Wait()
-	if upstream.opened.Load() != subscriptions {
-		b.Fatalf("%d clients made %d upstream subscriptions, want %d", clients, upstream.opened.Load(), subscriptions)
+	if upstream.Opened.Load() != subscriptions {
+		b.Fatalf("%d clients made %d upstream subscriptions, want %d", clients, upstream.Opened.Load(), subscriptions)
 	}
 	slices.Sort(latencies)
 	b.ReportMetric(float64(latencies[len(latencies)/2].Microseconds()), "p50-µs")

@@ -13,12 +13,16 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 	"github.com/caddyserver/certmagic"
-	"go.uber.org/zap"
 
+	"github.com/sessionid/caddy-sessionid/events"
 	"github.com/sessionid/caddy-sessionid/idmap"
+	"github.com/sessionid/caddy-sessionid/internal/upstream"
+	"github.com/sessionid/caddy-sessionid/internal/upstreamtest"
+	"github.com/sessionid/caddy-sessionid/lbpolicy"
 )
 
 // fleetSessions is how many mapped sessions the routing benchmark spreads
@@ -63,7 +67,7 @@ const fleetHot = 1_000
 // the sessions they route.
 type fleetRouting struct {
 	h        *Handler
-	policy   *SessionSelection
+	policy   *lbpolicy.SessionSelection
 	dials    []string // the workers' dial addresses
 	pool     reverseproxy.UpstreamPool
 	paths    []string // GET /session/{client id}, in the order requested
@@ -83,7 +87,7 @@ func newFleetRouting(b *testing.B, workers, sessions int) *fleetRouting {
 	if err != nil {
 		b.Fatal(err)
 	}
-	f := &fleetRouting{dir: dir, policy: firstPolicy()}
+	f := &fleetRouting{dir: dir, policy: provisionedPolicy(b)}
 	for i := range workers {
 		f.dials = append(f.dials, fmt.Sprintf("10.0.%d.%d:4096", i/256, i%256))
 	}
@@ -116,9 +120,9 @@ func newFleetRouting(b *testing.B, workers, sessions int) *fleetRouting {
 			f.misses.Add(1)
 		}
 	}
-	f.h = &Handler{Mode: ModeMapping, Namespace: "bench", index: index, logger: zap.NewNop(), fleet: new(fleet), probes: new(sync.Map)}
-	f.pool = testPool(f.dials...)
-	f.h.fleet.pool.Store(newKnownPool(f.pool))
+	f.h = &Handler{Mode: ModeMapping, Namespace: "bench", Events: &events.Config{Off: true}}
+	setUp(b, f.h, index)
+	f.pool = upstreamtest.Pool(f.dials...) // the fleet learns it from the policy's first report
 
 	for _, i := range rng.Perm(sessions) {
 		f.paths = append(f.paths, "/session/"+ids[i])
@@ -137,6 +141,18 @@ func newFleetRouting(b *testing.B, workers, sessions int) *fleetRouting {
 	return f
 }
 
+// provisionedPolicy is lb_policy session_ids as Caddy provisions it (its
+// fallback, random, is never asked: every session has its worker).
+func provisionedPolicy(b *testing.B) *lbpolicy.SessionSelection {
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	b.Cleanup(cancel)
+	policy := new(lbpolicy.SessionSelection)
+	if err := policy.Provision(ctx); err != nil {
+		b.Fatal(err)
+	}
+	return policy
+}
+
 func (f *fleetRouting) close() {
 	f.h.index.Close()
 	_ = os.RemoveAll(f.dir)
@@ -153,12 +169,12 @@ func newRequest() *http.Request {
 // reverse_proxy do, and returns the worker the policy selected.
 func (f *fleetRouting) route(r *http.Request, w http.ResponseWriter, i int) string {
 	r.URL.Path = f.paths[i]
-	rt := f.h.attachRoute(r)
-	if !f.h.routeRequest(w, r, f.next(), rt) {
+	rt := upstream.Attach(r, f.h.fleet.Observe)
+	if !f.h.route(w, r, f.next(), rt) {
 		return "answered by the handler"
 	}
 	u := f.policy.Select(f.pool, r, w)
-	rt.done(r)
+	rt.Finish(r)
 	if u == nil {
 		return ""
 	}

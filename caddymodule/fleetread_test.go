@@ -13,9 +13,11 @@ import (
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/certmagic"
-	"go.uber.org/zap"
 
+	"github.com/sessionid/caddy-sessionid/events"
+	"github.com/sessionid/caddy-sessionid/fleet"
 	"github.com/sessionid/caddy-sessionid/idmap"
+	"github.com/sessionid/caddy-sessionid/internal/upstreamtest"
 )
 
 // fleetHandler is a handler that knows a pool of workers, in front of next
@@ -28,24 +30,9 @@ func fleetHandler(t testing.TB, dials ...string) *Handler {
 		t.Fatal(err)
 	}
 	t.Cleanup(index.Close)
-	h := &Handler{Mode: ModeDirect, MaxBodySize: 1 << 20, MaxBufferSize: 1 << 20, index: index, logger: zap.NewNop(), fleet: new(fleet), probes: new(sync.Map), Events: &Events{Off: true}}
+	h := &Handler{Mode: ModeDirect, MaxBodySize: 1 << 20, MaxBufferSize: 1 << 20, Events: &events.Config{Off: true}}
+	setUp(t, h, index)
 	return h
-}
-
-// byWorker answers each request with what the worker of its route says, as
-// reverse_proxy with lb_policy session_ids over testPool(dials) would.
-func byWorker(answers map[string]func(w http.ResponseWriter, r *http.Request), dials ...string) caddyhttp.Handler {
-	pool := testPool(dials...)
-	return caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
-		rt := routeOf(r)
-		rt.report(pool, nil)
-		answer, ok := answers[rt.worker]
-		if !ok {
-			return caddyhttp.Error(http.StatusServiceUnavailable, fmt.Errorf("no upstreams available"))
-		}
-		answer(w, r)
-		return nil
-	})
 }
 
 func serveFleet(h *Handler, next caddyhttp.Handler, method, target string) *httptest.ResponseRecorder {
@@ -85,7 +72,7 @@ func listedIDs(t *testing.T, w *httptest.ResponseRecorder) string {
 func TestTheSessionListIsEveryWorkersNewestFirstCutToTheLimit(t *testing.T) {
 	dials := []string{"w1:1", "w2:2", "w3:3"}
 	h := fleetHandler(t, dials...)
-	next := byWorker(map[string]func(http.ResponseWriter, *http.Request){
+	next := upstreamtest.ByWorker(map[string]func(http.ResponseWriter, *http.Request){
 		"w1:1": sessionsJSON(90, 40, 10), "w2:2": sessionsJSON(80, 70), "w3:3": sessionsJSON(50),
 	}, dials...)
 	if got := listedIDs(t, serveFleet(h, next, "GET", "/session")); got != "90 80 70 50 40 10" {
@@ -99,10 +86,10 @@ func TestTheSessionListIsEveryWorkersNewestFirstCutToTheLimit(t *testing.T) {
 func TestAFleetReadNamesTheWorkersItIsMissing(t *testing.T) {
 	dials := []string{"w1:1", "down:2"}
 	h := fleetHandler(t, dials...)
-	next := byWorker(map[string]func(http.ResponseWriter, *http.Request){"w1:1": sessionsJSON(5)}, dials...)
+	next := upstreamtest.ByWorker(map[string]func(http.ResponseWriter, *http.Request){"w1:1": sessionsJSON(5)}, dials...)
 	w := serveFleet(h, next, "GET", "/session")
-	if w.Code != 200 || listedIDs(t, w) != "5" || w.Header().Get(MissingWorkersHeader) != "down:2" {
-		t.Fatalf("%d %q, missing %q", w.Code, w.Body, w.Header().Get(MissingWorkersHeader))
+	if w.Code != 200 || listedIDs(t, w) != "5" || w.Header().Get(fleet.MissingWorkersHeader) != "down:2" {
+		t.Fatalf("%d %q, missing %q", w.Code, w.Body, w.Header().Get(fleet.MissingWorkersHeader))
 	}
 }
 
@@ -115,7 +102,7 @@ func TestAWorkersClientErrorIsTheFleetsAnswer(t *testing.T) {
 		w.WriteHeader(400)
 		_, _ = w.Write([]byte(`{"name":"BadRequest"}`))
 	}
-	w := serveFleet(h, byWorker(map[string]func(http.ResponseWriter, *http.Request){"w1:1": bad, "w2:2": bad}, dials...), "GET", "/session?limit=x")
+	w := serveFleet(h, upstreamtest.ByWorker(map[string]func(http.ResponseWriter, *http.Request){"w1:1": bad, "w2:2": bad}, dials...), "GET", "/session?limit=x")
 	if w.Code != 400 || !strings.Contains(w.Body.String(), "BadRequest") {
 		t.Fatalf("%d %s", w.Code, w.Body)
 	}
@@ -130,7 +117,7 @@ func TestSessionStatusIsMergedAcrossWorkers(t *testing.T) {
 			_, _ = w.Write([]byte(body))
 		}
 	}
-	w := serveFleet(h, byWorker(map[string]func(http.ResponseWriter, *http.Request){
+	w := serveFleet(h, upstreamtest.ByWorker(map[string]func(http.ResponseWriter, *http.Request){
 		"w1:1": status(`{"ses_a":{"type":"busy"}}`), "w2:2": status(`{"ses_b":{"type":"idle"}}`),
 	}, dials...), "GET", "/session/status")
 	var merged map[string]map[string]string
@@ -151,7 +138,7 @@ func TestARequestForASessionGoesToItsRecordedWorkerAndNamesItWhenDown(t *testing
 	hello := func(worker string) func(http.ResponseWriter, *http.Request) {
 		return func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write([]byte(worker)) }
 	}
-	next := byWorker(map[string]func(http.ResponseWriter, *http.Request){"w1:1": hello("w1"), "w2:2": hello("w2")}, dials...)
+	next := upstreamtest.ByWorker(map[string]func(http.ResponseWriter, *http.Request){"w1:1": hello("w1"), "w2:2": hello("w2")}, dials...)
 	if w := serveFleet(h, next, "GET", "/session/ses_on2"); w.Body.String() != "w2" {
 		t.Fatalf("answered by %q, want w2", w.Body)
 	}
@@ -160,7 +147,7 @@ func TestARequestForASessionGoesToItsRecordedWorkerAndNamesItWhenDown(t *testing
 		t.Fatalf("a session on a worker outside the pool: %d %s", w.Code, w.Body)
 	}
 	// Down (the policy selects nothing, reverse_proxy gives up with 503).
-	down := byWorker(map[string]func(http.ResponseWriter, *http.Request){"w1:1": hello("w1")}, dials...)
+	down := upstreamtest.ByWorker(map[string]func(http.ResponseWriter, *http.Request){"w1:1": hello("w1")}, dials...)
 	w = serveFleet(h, down, "GET", "/session/ses_on2")
 	if w.Code != 503 || !strings.Contains(w.Body.String(), `"name":"UpstreamError"`) || !strings.Contains(w.Body.String(), "w2:2") {
 		t.Fatalf("a session whose worker is down: %d %s", w.Code, w.Body)
@@ -184,7 +171,7 @@ func TestASessionWithoutARecordedWorkerIsFoundOnceAndRemembered(t *testing.T) {
 			_, _ = w.Write([]byte(worker))
 		}
 	}
-	next := byWorker(map[string]func(http.ResponseWriter, *http.Request){"w1:1": has(false, "w1"), "w2:2": has(false, "w2"), "w3:3": has(true, "w3")}, dials...)
+	next := upstreamtest.ByWorker(map[string]func(http.ResponseWriter, *http.Request){"w1:1": has(false, "w1"), "w2:2": has(false, "w2"), "w3:3": has(true, "w3")}, dials...)
 	for range 3 {
 		if w := serveFleet(h, next, "GET", "/session/ses_madeelsewhere"); w.Body.String() != "w3" {
 			t.Fatalf("answered %d %q, want w3", w.Code, w.Body)
@@ -195,38 +182,6 @@ func TestASessionWithoutARecordedWorkerIsFoundOnceAndRemembered(t *testing.T) {
 	}
 	if worker, known, _ := h.index.WorkerOf(context.Background(), "ses_madeelsewhere"); !known || worker != "w3:3" {
 		t.Fatalf("recorded %q %v", worker, known)
-	}
-}
-
-func TestAnEventSinkPassesWholeEventsOnly(t *testing.T) {
-	events := make(chan []byte, 10)
-	s := &eventSink{ctx: context.Background(), events: events, header: http.Header{}}
-	for _, part := range []string{"data: {\"a\"", ":1}\n", "\ndata: {\"b\":2}\n\ndata: {\"c\"", ":3}\n\n"} {
-		_, _ = s.Write([]byte(part))
-	}
-	close(events)
-	var got []string
-	for ev := range events {
-		got = append(got, string(ev))
-	}
-	if strings.Join(got, "|") != "data: {\"a\":1}\n\n|data: {\"b\":2}\n\n|data: {\"c\":3}\n\n" {
-		t.Fatalf("%q", got)
-	}
-}
-
-func TestAnswersToPendingRequestsAreRecognised(t *testing.T) {
-	for path, want := range map[string]string{
-		"/permission/per_1/reply": "/permission per_1",
-		"/question/que_2/reply":   "/question que_2",
-		"/question/que_2/reject":  "/question que_2",
-		"/permission":             "",
-		"/permission/per_1":       "",
-		"/session/ses_1/reply":    "",
-	} {
-		list, id, ok := pendingRequestPath(path)
-		if got := strings.TrimSpace(list + " " + id); ok != (want != "") || got != want {
-			t.Errorf("%s: %q %v, want %q", path, got, ok, want)
-		}
 	}
 }
 
@@ -241,7 +196,7 @@ func TestTheMergedStreamGreetsOnceAndCarriesEveryWorkersEvents(t *testing.T) {
 			<-r.Context().Done()
 		}
 	}
-	next := byWorker(map[string]func(http.ResponseWriter, *http.Request){"w1:1": stream("w1"), "w2:2": stream("w2")}, dials...)
+	next := upstreamtest.ByWorker(map[string]func(http.ResponseWriter, *http.Request){"w1:1": stream("w1"), "w2:2": stream("w2")}, dials...)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	r := httptest.NewRequest("GET", "/event", nil)

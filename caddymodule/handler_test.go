@@ -13,14 +13,13 @@ import (
 	"net/http/httputil"
 	"net/url"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/certmagic"
-	"go.uber.org/zap"
 
+	"github.com/sessionid/caddy-sessionid/events"
 	"github.com/sessionid/caddy-sessionid/idmap"
 )
 
@@ -59,7 +58,8 @@ func newProxy(t *testing.T, upstream http.Handler) (*Handler, *httptest.Server) 
 	if err := index.Save(context.Background(), idmap.Mapping{ClientID: clientID, RealID: realID}); err != nil {
 		t.Fatal(err)
 	}
-	h := &Handler{MaxBodySize: 1 << 10, MaxBufferSize: 1 << 10, duplicates: idmap.DuplicatesMatch, index: index, logger: zap.NewNop(), fleet: new(fleet), probes: new(sync.Map), Events: &Events{Off: true}}
+	h := &Handler{MaxBodySize: 1 << 10, MaxBufferSize: 1 << 10, Events: &events.Config{Off: true}}
+	setUp(t, h, index)
 	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		// Caddy's server gives every request its variables.
 		r = r.WithContext(context.WithValue(r.Context(), caddyhttp.VarsCtxKey, map[string]any{}))
@@ -69,6 +69,19 @@ func newProxy(t *testing.T, upstream http.Handler) (*Handler, *httptest.Server) 
 	}))
 	t.Cleanup(front.Close)
 	return h, front
+}
+
+// setUp builds h around index as Provision does (without Caddy's context),
+// and again after a test changed its configuration.
+func setUp(t testing.TB, h *Handler, index *idmap.Index) {
+	t.Helper()
+	if h.prompts != nil || h.streams != nil {
+		_ = h.Cleanup()
+	}
+	if err := h.setup(index, t.Name()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = h.Cleanup() })
 }
 
 func echoUpstream() http.Handler {
@@ -267,7 +280,7 @@ func TestUploadsAreNotRead(t *testing.T) {
 	var got echoed
 	json.Unmarshal(raw, &got)
 	if got.Body != body {
-		t.Fatal("an upload was changed or refused")
+		t.Fatalf("an upload was changed or refused: %s", raw)
 	}
 }
 

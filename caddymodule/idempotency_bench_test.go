@@ -8,15 +8,15 @@ import (
 	"net/http/httputil"
 	"net/url"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/certmagic"
-	"go.uber.org/zap"
 
+	"github.com/sessionid/caddy-sessionid/events"
+	"github.com/sessionid/caddy-sessionid/idempotency"
 	"github.com/sessionid/caddy-sessionid/idmap"
 	"github.com/sessionid/caddy-sessionid/nativeserver"
 )
@@ -42,9 +42,9 @@ func BenchmarkPromptAsync(b *testing.B) {
 		b.Fatal(err)
 	}
 	b.Cleanup(index.Close)
-	h := &Handler{Mode: ModeDirect, MaxBodySize: 1 << 20, MaxBufferSize: 1 << 20, duplicates: idmap.DuplicatesMatch, index: index,
-		logger: zap.NewNop(), fleet: new(fleet), probes: new(sync.Map), Events: &Events{Off: true},
-		Idempotency: &Idempotency{TTL: caddy.Duration(time.Hour), Wait: caddy.Duration(10 * time.Second)}}
+	h := &Handler{Mode: ModeDirect, MaxBodySize: 1 << 20, MaxBufferSize: 1 << 20, Events: &events.Config{Off: true},
+		Idempotency: &idempotency.Config{TTL: caddy.Duration(time.Hour), Wait: caddy.Duration(10 * time.Second)}}
+	setUp(b, h, index)
 	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		r = r.WithContext(context.WithValue(r.Context(), caddyhttp.VarsCtxKey, map[string]any{}))
 		if err := h.ServeHTTP(w, r, next); err != nil {
@@ -58,7 +58,7 @@ func BenchmarkPromptAsync(b *testing.B) {
 		req, _ := http.NewRequest("POST", front.URL+path, strings.NewReader(`{"parts":[{"type":"text","text":"hello"}]}`))
 		req.Header.Set("Content-Type", "application/json")
 		if key != "" {
-			req.Header.Set(IdempotencyHeader, key)
+			req.Header.Set(idempotency.KeyHeader, key)
 		}
 		resp, err := client.Do(req)
 		if err != nil {

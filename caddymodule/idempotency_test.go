@@ -14,7 +14,9 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 
+	"github.com/sessionid/caddy-sessionid/idempotency"
 	"github.com/sessionid/caddy-sessionid/idmap"
+	"github.com/sessionid/caddy-sessionid/internal/openapi"
 )
 
 // promptUpstream is an opencode-shaped upstream for the prompt routes: it
@@ -77,7 +79,7 @@ func (u *promptUpstream) count() int {
 	return u.prompts
 }
 
-func newKeyedProxy(t *testing.T, u *promptUpstream, c Idempotency) (*Handler, string) {
+func newKeyedProxy(t *testing.T, u *promptUpstream, c idempotency.Config) (*Handler, string) {
 	t.Helper()
 	h, front := newProxy(t, u)
 	h.MaxBodySize = 1 << 20
@@ -89,6 +91,7 @@ func newKeyedProxy(t *testing.T, u *promptUpstream, c Idempotency) (*Handler, st
 	}
 	h.Idempotency = &c
 	h.Mode = ModeMapping
+	setUp(t, h, h.index)
 	return h, front.URL
 }
 
@@ -98,7 +101,7 @@ func prompt(t *testing.T, url, route, key, body string) (*http.Response, []byte)
 	req, _ := http.NewRequest("POST", url+"/session/"+clientID+"/"+route, strings.NewReader(body))
 	req.Header.Set("Content-Type", "application/json")
 	if key != "" {
-		req.Header.Set(IdempotencyHeader, key)
+		req.Header.Set(idempotency.KeyHeader, key)
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
@@ -113,7 +116,7 @@ const hello = `{"parts":[{"type":"text","text":"hello"}]}`
 
 func TestASecondPromptWithTheSameKeyIsAReplayTheUpstreamNeverSees(t *testing.T) {
 	u := newPromptUpstream()
-	_, url := newKeyedProxy(t, u, Idempotency{})
+	_, url := newKeyedProxy(t, u, idempotency.Config{})
 	first, _ := prompt(t, url, "prompt_async", "k1", hello)
 	second, _ := prompt(t, url, "prompt_async", "k1", `{ "parts" : [ {"text":"hello", "type":"text"} ] }`)
 	if first.StatusCode != 204 || first.Header.Get(ReplayHeader) != "" {
@@ -134,7 +137,7 @@ func TestASecondPromptWithTheSameKeyIsAReplayTheUpstreamNeverSees(t *testing.T) 
 
 func TestTheReplayOfMessageIsTheSameAssistantMessageUnderTheClientsID(t *testing.T) {
 	u := newPromptUpstream()
-	_, url := newKeyedProxy(t, u, Idempotency{})
+	_, url := newKeyedProxy(t, u, idempotency.Config{})
 	_, first := prompt(t, url, "message", "k", hello)
 	resp, again := prompt(t, url, "message", "k", hello)
 	if string(first) != string(again) || resp.Header.Get(ReplayHeader) != "true" {
@@ -150,7 +153,7 @@ func TestTheReplayOfMessageIsTheSameAssistantMessageUnderTheClientsID(t *testing
 
 func TestAKeyReusedWithAnotherRequestIs422NamingWhatDiffers(t *testing.T) {
 	u := newPromptUpstream()
-	_, url := newKeyedProxy(t, u, Idempotency{})
+	_, url := newKeyedProxy(t, u, idempotency.Config{})
 	prompt(t, url, "prompt_async", "k", hello)
 	tests := []struct{ name, route, body, differ string }{
 		{"other parts", "prompt_async", `{"parts":[{"type":"text","text":"bye"}]}`, "body.parts"},
@@ -177,7 +180,7 @@ func TestAKeyReusedWithAnotherRequestIs422NamingWhatDiffers(t *testing.T) {
 
 func TestDifferentKeysAreDifferentPrompts(t *testing.T) {
 	u := newPromptUpstream()
-	_, url := newKeyedProxy(t, u, Idempotency{})
+	_, url := newKeyedProxy(t, u, idempotency.Config{})
 	for _, key := range []string{"a", "b", `"c"`} {
 		if resp, raw := prompt(t, url, "prompt_async", key, hello); resp.StatusCode != 204 {
 			t.Fatalf("%s: %d %s", key, resp.StatusCode, raw)
@@ -193,7 +196,7 @@ func TestDifferentKeysAreDifferentPrompts(t *testing.T) {
 
 func TestWithoutTheHeaderNothingChanges(t *testing.T) {
 	u := newPromptUpstream()
-	_, url := newKeyedProxy(t, u, Idempotency{})
+	_, url := newKeyedProxy(t, u, idempotency.Config{})
 	prompt(t, url, "prompt_async", "", hello)
 	prompt(t, url, "prompt_async", "", hello)
 	if u.count() != 2 || len(u.messages) != 0 {
@@ -203,7 +206,7 @@ func TestWithoutTheHeaderNothingChanges(t *testing.T) {
 
 func TestBadKeysAre400BeforeAnythingIsRecorded(t *testing.T) {
 	u := newPromptUpstream()
-	_, url := newKeyedProxy(t, u, Idempotency{})
+	_, url := newKeyedProxy(t, u, idempotency.Config{})
 	tests := []struct{ name, key, rule string }{
 		{"too long", strings.Repeat("k", idmap.MaxKeyLen+1), idmap.KeyRuleLength},
 		{"empty quoted", `""`, idmap.KeyRuleLength},
@@ -215,7 +218,7 @@ func TestBadKeysAre400BeforeAnythingIsRecorded(t *testing.T) {
 			resp, raw := prompt(t, url, "prompt_async", tt.key, hello)
 			var e struct{ Data struct{ Field, Rule string } }
 			json.Unmarshal(raw, &e)
-			if resp.StatusCode != 400 || e.Data.Field != IdempotencyHeader || e.Data.Rule != tt.rule {
+			if resp.StatusCode != 400 || e.Data.Field != idempotency.KeyHeader || e.Data.Rule != tt.rule {
 				t.Fatalf("%d %s", resp.StatusCode, raw)
 			}
 		})
@@ -228,7 +231,7 @@ func TestBadKeysAre400BeforeAnythingIsRecorded(t *testing.T) {
 func TestConcurrentRetriesOfOneKeyPromptOnce(t *testing.T) {
 	u := newPromptUpstream()
 	u.delay = 50 * time.Millisecond
-	_, url := newKeyedProxy(t, u, Idempotency{})
+	_, url := newKeyedProxy(t, u, idempotency.Config{})
 	var wg sync.WaitGroup
 	statuses := make(chan int, 20)
 	for range 20 {
@@ -236,7 +239,7 @@ func TestConcurrentRetriesOfOneKeyPromptOnce(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			req, _ := http.NewRequest("POST", url+"/session/"+clientID+"/prompt_async", strings.NewReader(hello))
-			req.Header.Set(IdempotencyHeader, "same")
+			req.Header.Set(idempotency.KeyHeader, "same")
 			resp, err := http.DefaultClient.Do(req)
 			if err != nil {
 				statuses <- 0
@@ -261,10 +264,10 @@ func TestConcurrentRetriesOfOneKeyPromptOnce(t *testing.T) {
 func TestARetryThatWaitsTooLongIs409WithRetryAfter(t *testing.T) {
 	u := newPromptUpstream()
 	u.delay = 500 * time.Millisecond
-	_, url := newKeyedProxy(t, u, Idempotency{Wait: caddy.Duration(50 * time.Millisecond)})
+	_, url := newKeyedProxy(t, u, idempotency.Config{Wait: caddy.Duration(50 * time.Millisecond)})
 	go func() {
 		req, _ := http.NewRequest("POST", url+"/session/"+clientID+"/message", strings.NewReader(hello))
-		req.Header.Set(IdempotencyHeader, "slow")
+		req.Header.Set(idempotency.KeyHeader, "slow")
 		if resp, err := http.DefaultClient.Do(req); err == nil {
 			resp.Body.Close()
 		}
@@ -283,7 +286,7 @@ func TestARetryThatWaitsTooLongIs409WithRetryAfter(t *testing.T) {
 func TestARefusedPromptRecordsNothing(t *testing.T) {
 	u := newPromptUpstream()
 	u.status = 400
-	_, url := newKeyedProxy(t, u, Idempotency{})
+	_, url := newKeyedProxy(t, u, idempotency.Config{})
 	prompt(t, url, "prompt_async", "k", hello)
 	u.status = 0
 	if resp, _ := prompt(t, url, "prompt_async", "k", hello); resp.StatusCode != 204 || resp.Header.Get(ReplayHeader) != "" || u.count() != 2 {
@@ -306,7 +309,7 @@ func pending(t *testing.T, h *Handler, key, body string, started time.Time) idma
 
 func TestAnInterruptedPromptThatReachedTheUpstreamIsNotSentAgain(t *testing.T) {
 	u := newPromptUpstream()
-	h, url := newKeyedProxy(t, u, Idempotency{})
+	h, url := newKeyedProxy(t, u, idempotency.Config{})
 	rec := pending(t, h, "k", hello, time.Now())
 	u.messages[rec.MessageID] = hello // it arrived
 	resp, raw := prompt(t, url, "prompt_async", "k", hello)
@@ -320,12 +323,12 @@ func TestAnInterruptedPromptThatReachedTheUpstreamIsNotSentAgain(t *testing.T) {
 
 func TestAnInterruptedPromptThatNeverArrivedIsSentOnceUnderItsID(t *testing.T) {
 	u := newPromptUpstream()
-	h, url := newKeyedProxy(t, u, Idempotency{})
+	h, url := newKeyedProxy(t, u, idempotency.Config{})
 	recent := pending(t, h, "recent", hello, time.Now())
 	if resp, raw := prompt(t, url, "prompt_async", "recent", hello); resp.StatusCode != 409 || u.count() != 0 {
 		t.Fatalf("within the settle time: %d %s, %d prompts", resp.StatusCode, raw, u.count())
 	}
-	old := pending(t, h, "old", hello, time.Now().Add(-promptSettle))
+	old := pending(t, h, "old", hello, time.Now().Add(-idempotency.Settle))
 	if resp, raw := prompt(t, url, "prompt_async", "old", hello); resp.StatusCode != 204 || u.count() != 1 {
 		t.Fatalf("after it: %d %s, %d prompts", resp.StatusCode, raw, u.count())
 	}
@@ -337,7 +340,7 @@ func TestAnInterruptedPromptThatNeverArrivedIsSentOnceUnderItsID(t *testing.T) {
 
 func TestAClientMessageIDThatExistsIsNeverSentAgain(t *testing.T) {
 	u := newPromptUpstream()
-	_, url := newKeyedProxy(t, u, Idempotency{})
+	_, url := newKeyedProxy(t, u, idempotency.Config{})
 	u.messages["msg_taken"] = hello
 	resp, raw := prompt(t, url, "prompt_async", "k", `{"messageID":"msg_taken","parts":[]}`)
 	if resp.StatusCode != 409 || u.count() != 0 {
@@ -348,12 +351,12 @@ func TestAClientMessageIDThatExistsIsNeverSentAgain(t *testing.T) {
 func TestConfirmAnswersOnlyOnceTheMessageIsVisible(t *testing.T) {
 	u := newPromptUpstream()
 	u.status = 204 // accepted, then lost: the upstream bug confirm is for
-	_, url := newKeyedProxy(t, u, Idempotency{Confirm: caddy.Duration(100 * time.Millisecond)})
+	_, url := newKeyedProxy(t, u, idempotency.Config{Confirm: caddy.Duration(100 * time.Millisecond)})
 	if resp, raw := prompt(t, url, "prompt_async", "k", hello); resp.StatusCode != 504 {
 		t.Fatalf("a lost prompt: %d %s", resp.StatusCode, raw)
 	}
 	u.status = 0
-	time.Sleep(promptSettle)
+	time.Sleep(idempotency.Settle)
 	if resp, raw := prompt(t, url, "prompt_async", "k", hello); resp.StatusCode != 204 || u.count() != 2 {
 		t.Fatalf("its retry: %d %s, %d prompts", resp.StatusCode, raw, u.count())
 	}
@@ -361,7 +364,7 @@ func TestConfirmAnswersOnlyOnceTheMessageIsVisible(t *testing.T) {
 
 func TestRecordsOfADeletedSessionAreNotReplayedOnItsSuccessor(t *testing.T) {
 	u := newPromptUpstream()
-	h, url := newKeyedProxy(t, u, Idempotency{})
+	h, url := newKeyedProxy(t, u, idempotency.Config{})
 	prompt(t, url, "prompt_async", "k", hello)
 	ctx := context.Background()
 	m, _ := h.index.Store.Load(ctx, clientID)
@@ -376,16 +379,16 @@ func TestRecordsOfADeletedSessionAreNotReplayedOnItsSuccessor(t *testing.T) {
 func TestTheIdempotencyCaddyfileOption(t *testing.T) {
 	tests := []struct {
 		name, input string
-		want        Idempotency
+		want        idempotency.Config
 		err         string
 	}{
 		{"block", "session_ids {\n idempotency {\n ttl 1h\n wait 2s\n confirm 3s\n }\n}",
-			Idempotency{TTL: caddy.Duration(time.Hour), Wait: caddy.Duration(2 * time.Second), Confirm: caddy.Duration(3 * time.Second)}, ""},
-		{"off", "session_ids {\n idempotency off\n}", Idempotency{Off: true}, ""},
-		{"bad word", "session_ids {\n idempotency maybe\n}", Idempotency{}, `bad idempotency "maybe"`},
-		{"unknown", "session_ids {\n idempotency {\n retries 3\n }\n}", Idempotency{}, `unknown idempotency option "retries"`},
-		{"bad duration", "session_ids {\n idempotency {\n ttl soon\n }\n}", Idempotency{}, `bad idempotency ttl "soon"`},
-		{"zero ttl", "session_ids {\n idempotency {\n ttl 0s\n }\n}", Idempotency{}, `records must be kept`},
+			idempotency.Config{TTL: caddy.Duration(time.Hour), Wait: caddy.Duration(2 * time.Second), Confirm: caddy.Duration(3 * time.Second)}, ""},
+		{"off", "session_ids {\n idempotency off\n}", idempotency.Config{Off: true}, ""},
+		{"bad word", "session_ids {\n idempotency maybe\n}", idempotency.Config{}, `bad idempotency "maybe"`},
+		{"unknown", "session_ids {\n idempotency {\n retries 3\n }\n}", idempotency.Config{}, `unknown idempotency option "retries"`},
+		{"bad duration", "session_ids {\n idempotency {\n ttl soon\n }\n}", idempotency.Config{}, `bad idempotency ttl "soon"`},
+		{"zero ttl", "session_ids {\n idempotency {\n ttl 0s\n }\n}", idempotency.Config{}, `records must be kept`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -405,11 +408,11 @@ func TestTheIdempotencyCaddyfileOption(t *testing.T) {
 }
 
 func TestTheOpenAPIDocumentDeclaresTheKeyOnThePromptRoutes(t *testing.T) {
-	h := &Handler{Idempotency: &Idempotency{TTL: caddy.Duration(time.Hour)}}
+	h := &Handler{Idempotency: &idempotency.Config{TTL: caddy.Duration(time.Hour)}}
 	doc := map[string]any{"paths": map[string]any{
 		"/session/{sessionID}/prompt_async": map[string]any{"post": map[string]any{"responses": map[string]any{"204": map[string]any{}}}},
 		"/session/{sessionID}/shell": map[string]any{"post": map[string]any{"responses": map[string]any{"200": map[string]any{},
-			"409": jsonResponse("busy", map[string]any{"$ref": "#/components/schemas/SessionBusyError"})}}},
+			"409": openapi.JSONResponse("busy", map[string]any{"$ref": "#/components/schemas/SessionBusyError"})}}},
 		"/session/{sessionID}/todo": map[string]any{"get": map[string]any{}},
 	}}
 	h.augment(doc)
@@ -426,7 +429,7 @@ func TestTheOpenAPIDocumentDeclaresTheKeyOnThePromptRoutes(t *testing.T) {
 	json.Unmarshal(raw, &got)
 	for _, route := range []string{"/session/{sessionID}/prompt_async", "/session/{sessionID}/shell"} {
 		op := got.Paths[route]["post"]
-		if len(op.Parameters) != 1 || op.Parameters[0].Name != IdempotencyHeader || op.Parameters[0].In != "header" {
+		if len(op.Parameters) != 1 || op.Parameters[0].Name != idempotency.KeyHeader || op.Parameters[0].In != "header" {
 			t.Fatalf("%s parameters: %+v", route, op.Parameters)
 		}
 		if _, ok := op.Responses["422"]; !ok {

@@ -1,19 +1,36 @@
-// Package caddymodule is the Caddy glue of client-chosen session ids: module
-// registration, configuration, the Caddyfile directive and ServeHTTP. The
-// domain (grammar, mapping, rewriting) lives in package idmap.
+// Package caddymodule is the session_ids HTTP handler
+// (http.handlers.session_ids): its configuration and Caddyfile directive,
+// provisioning, the dispatcher (ServeHTTP, whose order serve.go writes
+// down), creating sessions under client ids (mapping mode: create.go,
+// adopt.go; direct mode: direct.go, capability.go), deletes, create_missing,
+// the OpenAPI document, and the ids of every request and answer (ids.go: one
+// translator per mode, and the streaming response rewriter).
+//
+// It owns the mapping index of its namespace (package idmap) and composes
+// the subsystems below it, each behind the small contract it declares:
+// fleet (the workers behind reverse_proxy), events (resumable streams),
+// idempotency (exactly-once prompts), with internal/upstream between them
+// and reverse_proxy. The selection policy is package lbpolicy. Nothing below
+// imports this package.
 package caddymodule
 
 import (
 	"fmt"
+	"net/http"
 	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/certmagic"
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
+	"github.com/sessionid/caddy-sessionid/events"
+	"github.com/sessionid/caddy-sessionid/fleet"
+	"github.com/sessionid/caddy-sessionid/idempotency"
 	"github.com/sessionid/caddy-sessionid/idmap"
+	"github.com/sessionid/caddy-sessionid/internal/shared"
 )
 
 func init() {
@@ -99,27 +116,27 @@ type Handler struct {
 	NegativeTTL caddy.Duration `json:"negative_ttl,omitempty"`
 
 	// Idempotency configures the Idempotency-Key header on the prompt
-	// routes, which makes a retried prompt run once (see Idempotency and
-	// docs/idempotency.md). On by default; requests without the header are
-	// never affected.
-	Idempotency *Idempotency `json:"idempotency,omitempty"`
+	// routes, which makes a retried prompt run once (see idempotency.Config
+	// and docs/idempotency.md). On by default; requests without the header
+	// are never affected.
+	Idempotency *idempotency.Config `json:"idempotency,omitempty"`
 
 	// Events configures resumable event streams on GET /event and
 	// /global/event: ids on every event, replay after Last-Event-ID, one
-	// upstream subscription per stream shared by its clients (see Events and
-	// docs/events.md). On by default.
-	Events *Events `json:"events,omitempty"`
+	// upstream subscription per stream shared by its clients (see
+	// events.Config and docs/events.md). On by default.
+	Events *events.Config `json:"events,omitempty"`
 
-	duplicates idmap.DuplicatePolicy
-	probes     *sync.Map // worker → *capabilityProbe, for direct mode
-	fleet      *fleet
-	index      *idmap.Index
-	poolKey    string
-	sweeperKey string
-	hubs       *hubRegistry
-	hubsKey    string
-	fault      func() // test-only (FaultEnv)
-	logger     *zap.Logger
+	duplicates    idmap.DuplicatePolicy
+	index         *idmap.Index
+	indexKey      string // in shared.Pool
+	ids           ids    // the mode's translator
+	createSession func(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, req *createRequest) error
+	probes        *sync.Map // worker → *capabilityProbe, for direct mode
+	fleet         *fleet.Fleet
+	streams       *events.Streams
+	prompts       *idempotency.Prompts
+	logger        *zap.Logger
 }
 
 // CaddyModule returns the Caddy module information.
@@ -145,12 +162,6 @@ const (
 	defaultCacheTTL      = 30 * time.Second
 )
 
-// indexes keeps one Index per namespace, storage and cache settings across
-// config reloads, so
-// that the handler of a new config sees the locks, in-flight creates and cache
-// of the handler it replaces while both serve requests.
-var indexes = caddy.NewUsagePool()
-
 type pooledIndex struct{ *idmap.Index }
 
 func (p pooledIndex) Destruct() error { p.Close(); return nil }
@@ -158,6 +169,51 @@ func (p pooledIndex) Destruct() error { p.Close(); return nil }
 // Provision sets up the handler.
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
+	if h.Namespace == "" {
+		h.Namespace = defaultNamespace
+	}
+	registry := ctx.GetMetricsRegistry()
+	for _, register := range []func(*prometheus.Registry) error{registerMetrics, fleet.RegisterMetrics, events.RegisterMetrics, idempotency.RegisterMetrics} {
+		if err := register(registry); err != nil {
+			return err
+		}
+	}
+	storage := ctx.Storage()
+	// One Index per namespace, storage and cache settings, across config
+	// reloads, so that the handler of a new config sees the locks,
+	// in-flight creates and cache of the handler it replaces while both
+	// serve requests. Settings that shape the index are part of the key, so
+	// a reload that changes them gets a new index instead of silently
+	// keeping the old one.
+	storageKey := fmt.Sprintf("%s|%s|%d|%s|%s", h.Namespace, storageIdentity(storage), h.CacheEntries, time.Duration(h.CacheTTL), time.Duration(h.NegativeTTL))
+	h.indexKey = "index|" + storageKey
+	value, _, err := shared.Pool.LoadOrNew(h.indexKey, func() (caddy.Destructor, error) {
+		store := idmap.NewStore(storage, h.Namespace)
+		store.Observe = observeStorage(h.Namespace)
+		index, err := idmap.NewIndex(store, idmap.IndexConfig{
+			CacheEntries: h.CacheEntries,
+			TTL:          time.Duration(h.CacheTTL),
+			NegativeTTL:  time.Duration(h.NegativeTTL),
+		})
+		if err != nil {
+			return nil, err
+		}
+		index.OnLookup = observeLookup(h.Namespace)
+		return pooledIndex{index}, nil
+	})
+	if err != nil {
+		return err
+	}
+	return h.setup(value.(pooledIndex).Index, storageKey)
+}
+
+// setup applies the defaults and builds the handler around its index: the
+// mode's translator and create, the fleet, the event streams and the keyed
+// prompts. storageKey names the index's namespace and storage.
+func (h *Handler) setup(index *idmap.Index, storageKey string) error {
+	if h.logger == nil {
+		h.logger = zap.NewNop()
+	}
 	if h.Mode == "" {
 		h.Mode = ModeMapping
 	}
@@ -181,41 +237,26 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return err
 	}
 	h.duplicates = policy
+	h.index = index
 	h.probes = new(sync.Map)
-	h.fleet = new(fleet)
-
-	if err := registerMetrics(ctx.GetMetricsRegistry()); err != nil {
+	switch h.Mode {
+	case ModeDirect:
+		h.ids, h.createSession = directIDs{h}, h.createDirect
+	default:
+		h.ids, h.createSession = mappedIDs{h}, h.createMapped
+	}
+	h.fleet = fleet.New(h.Namespace, index, h.logger)
+	if h.Events == nil {
+		h.Events = new(events.Config)
+	}
+	if h.streams, err = events.New(h.Events, h.Namespace, h.ids, h.fleet, h.logger); err != nil {
 		return err
 	}
-	if err := registerEventMetrics(ctx.GetMetricsRegistry()); err != nil {
-		return err
+	if h.Idempotency == nil {
+		h.Idempotency = new(idempotency.Config)
 	}
-	storage := ctx.Storage()
-	// Settings that shape the index are part of the key, so a reload that
-	// changes them gets a new index instead of silently keeping the old one.
-	h.poolKey = fmt.Sprintf("%s|%s|%d|%s|%s", h.Namespace, storageIdentity(storage), h.CacheEntries, time.Duration(h.CacheTTL), time.Duration(h.NegativeTTL))
-	value, _, err := indexes.LoadOrNew(h.poolKey, func() (caddy.Destructor, error) {
-		store := idmap.NewStore(storage, h.Namespace)
-		store.Observe = observeStorage(h.Namespace)
-		index, err := idmap.NewIndex(store, idmap.IndexConfig{
-			CacheEntries: h.CacheEntries,
-			TTL:          time.Duration(h.CacheTTL),
-			NegativeTTL:  time.Duration(h.NegativeTTL),
-		})
-		if err != nil {
-			return nil, err
-		}
-		index.OnLookup = observeLookup(h.Namespace)
-		return pooledIndex{index}, nil
-	})
-	if err != nil {
-		return err
-	}
-	h.index = value.(pooledIndex).Index
-	if err := h.provisionEvents(); err != nil {
-		return err
-	}
-	return h.provisionIdempotency(ctx)
+	h.prompts, err = idempotency.New(h.Idempotency, h.Namespace, index, h.ids, h.MaxBodySize, storageKey, h.logger)
+	return err
 }
 
 // storageIdentity names a storage so that configs using the same storage share
@@ -242,14 +283,18 @@ func (h *Handler) Validate() error {
 	return nil
 }
 
-// Cleanup releases the handler's share of its index.
+// Cleanup releases the handler's share of its index, sweeper and streams.
 func (h *Handler) Cleanup() error {
-	if h.poolKey == "" {
+	if h.prompts != nil {
+		h.prompts.Close()
+	}
+	if h.streams != nil {
+		h.streams.Close()
+	}
+	if h.indexKey == "" {
 		return nil
 	}
-	h.stopSweeper()
-	h.cleanupEvents()
-	_, err := indexes.Delete(h.poolKey)
+	_, err := shared.Pool.Delete(h.indexKey)
 	return err
 }
 

@@ -10,6 +10,8 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
 	"github.com/sessionid/caddy-sessionid/idmap"
+	"github.com/sessionid/caddy-sessionid/internal/openapi"
+	"github.com/sessionid/caddy-sessionid/internal/upstream"
 )
 
 // idPattern is the id grammar as a regular expression.
@@ -30,15 +32,15 @@ var createMissingRoutes = map[string][]string{
 // and their error schemas, the replay header, and create_missing where it is
 // enabled. A document the handler cannot read passes through untouched.
 func (h *Handler) serveDoc(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
-	answer, err := askUpstream(r, next, http.MethodGet, r.URL.Path, r.URL.RawQuery, nil)
+	answer, err := upstream.Ask(r, next, http.MethodGet, r.URL.Path, r.URL.RawQuery, nil)
 	if err != nil {
 		return err
 	}
-	dec := json.NewDecoder(bytes.NewReader(answer.body.Bytes()))
+	dec := json.NewDecoder(bytes.NewReader(answer.Body.Bytes()))
 	dec.UseNumber()
 	var doc map[string]any
-	if !answer.ok() || dec.Decode(&doc) != nil || doc["paths"] == nil {
-		h.relay(w, r, answer, false)
+	if !answer.OK() || dec.Decode(&doc) != nil || doc["paths"] == nil {
+		h.ids.Relay(w, r, answer, false)
 		return nil
 	}
 	h.augment(doc)
@@ -54,8 +56,8 @@ func (h *Handler) serveDoc(w http.ResponseWriter, r *http.Request, next caddyhtt
 }
 
 func (h *Handler) augment(doc map[string]any) {
-	components := child(doc, "components")
-	schemas := child(components, "schemas")
+	components := openapi.Child(doc, "components")
+	schemas := openapi.Child(components, "schemas")
 	schemas["SessionIDBadRequestError"] = map[string]any{
 		"type": "object", "required": []any{"name", "data"},
 		"properties": map[string]any{
@@ -80,9 +82,9 @@ func (h *Handler) augment(doc map[string]any) {
 			}},
 		},
 	}
-	paths := child(doc, "paths")
-	h.augmentIdempotency(schemas, paths)
-	h.augmentEvents(schemas, paths)
+	paths := openapi.Child(doc, "paths")
+	h.Idempotency.Augment(schemas, paths)
+	h.Events.Augment(schemas, paths)
 	for _, route := range []string{"/session", "/api/session"} {
 		item, _ := paths[route].(map[string]any)
 		post, _ := item["post"].(map[string]any)
@@ -96,9 +98,9 @@ func (h *Handler) augment(doc map[string]any) {
 					"A create of an id that exists is answered by the duplicate policy %q.", h.Mode, h.duplicates),
 			}
 		}
-		responses := child(post, "responses")
+		responses := openapi.Child(post, "responses")
 		if ok, _ := responses["200"].(map[string]any); ok != nil {
-			child(ok, "headers")[ReplayHeader] = map[string]any{
+			openapi.Child(ok, "headers")[ReplayHeader] = map[string]any{
 				"description": "true when the create returned an existing session (a replay)",
 				"schema":      map[string]any{"type": "string", "enum": []any{"true"}},
 			}
@@ -111,8 +113,8 @@ func (h *Handler) augment(doc map[string]any) {
 				}
 			}
 		}
-		responses["400"] = jsonResponse("Invalid session id or body", bad)
-		responses["409"] = jsonResponse("The id exists and the duplicate policy refuses this create, or the id is taken",
+		responses["400"] = openapi.JSONResponse("Invalid session id or body", bad)
+		responses["409"] = openapi.JSONResponse("The id exists and the duplicate policy refuses this create, or the id is taken",
 			map[string]any{"$ref": "#/components/schemas/SessionIDConflictError"})
 	}
 	if h.CreateMissing {
@@ -147,19 +149,5 @@ func bodyProperties(op map[string]any, schemas map[string]any) map[string]any {
 	if schema == nil {
 		return nil
 	}
-	return child(schema, "properties")
-}
-
-func jsonResponse(description string, schema map[string]any) map[string]any {
-	return map[string]any{"description": description, "content": map[string]any{"application/json": map[string]any{"schema": schema}}}
-}
-
-// child returns m[key] as an object, creating it if it is missing.
-func child(m map[string]any, key string) map[string]any {
-	c, ok := m[key].(map[string]any)
-	if !ok {
-		c = map[string]any{}
-		m[key] = c
-	}
-	return c
+	return openapi.Child(schema, "properties")
 }

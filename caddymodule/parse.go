@@ -6,6 +6,7 @@ import (
 	"net/url"
 
 	"github.com/sessionid/caddy-sessionid/idmap"
+	"github.com/sessionid/caddy-sessionid/internal/apierror"
 )
 
 // createRequest is a create that names its id: v1 POST /session, or v2
@@ -50,7 +51,7 @@ func (h *Handler) parseCreate(w http.ResponseWriter, r *http.Request, raw []byte
 	if meta, ok := body["metadata"]; ok {
 		var m map[string]json.RawMessage
 		if json.Unmarshal(meta, &m) != nil || m == nil {
-			badRequest(w, "metadata must be a JSON object", map[string]any{"field": "metadata"})
+			apierror.BadRequest(w, "metadata must be a JSON object", map[string]any{"field": "metadata"})
 			return nil, false
 		}
 	}
@@ -68,7 +69,7 @@ func (h *Handler) decodeCreate(w http.ResponseWriter, raw []byte) (map[string]js
 	}
 	var body map[string]json.RawMessage
 	if err := json.Unmarshal(raw, &body); err != nil || body == nil {
-		badRequest(w, "request body must be a JSON object", nil)
+		apierror.BadRequest(w, "request body must be a JSON object", nil)
 		return nil, "", false
 	}
 	id, present, invalid := idmap.CreateID(body)
@@ -77,7 +78,7 @@ func (h *Handler) decodeCreate(w http.ResponseWriter, raw []byte) (map[string]js
 	}
 	if invalid != nil {
 		h.count(sessionMetrics.invalidIDs)
-		badRequest(w, invalid.Error(), map[string]any{"field": "id", "rule": invalid.Rule})
+		apierror.BadRequest(w, invalid.Error(), map[string]any{"field": "id", "rule": invalid.Rule})
 		return nil, "", false
 	}
 	delete(body, "id")
@@ -108,7 +109,7 @@ func (h *Handler) parseCreateV2(w http.ResponseWriter, r *http.Request, raw []by
 		Directory string `json:"directory"`
 	}
 	if raw, ok := body["location"]; ok && json.Unmarshal(raw, &location) != nil {
-		badRequest(w, "location must be an object", map[string]any{"field": "location"})
+		apierror.BadRequest(w, "location must be an object", map[string]any{"field": "location"})
 		return nil, false
 	}
 	v1 := map[string]json.RawMessage{}

@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/sessionid/caddy-sessionid/idmap"
+	"github.com/sessionid/caddy-sessionid/internal/upstream"
 )
 
 // How a response is passed to the client.
@@ -205,7 +206,7 @@ func gunzip(b []byte, limit int64) ([]byte, error) {
 		return nil, err
 	}
 	if int64(len(out)) > limit {
-		return nil, errBodyTooLarge
+		return nil, upstream.ErrBodyTooLarge
 	}
 	return out, nil
 }

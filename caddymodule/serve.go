@@ -6,20 +6,48 @@ import (
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
+
+	"github.com/sessionid/caddy-sessionid/events"
+	"github.com/sessionid/caddy-sessionid/fleet"
+	"github.com/sessionid/caddy-sessionid/internal/apierror"
+	"github.com/sessionid/caddy-sessionid/internal/upstream"
 )
 
 // ServeHTTP creates sessions under client ids, deletes them, routes every
 // request that names a session to the worker holding it, answers fleet-wide
 // reads from all workers, and rewrites ids on everything that passes through.
+//
+// The order is behaviour, and it is this:
+//
+//  1. With several upstreams behind reverse_proxy and no lb_policy
+//     session_ids, every request is refused with 500 (fleet.ErrMisrouting).
+//  2. Every request gets its route (upstream.Route), through which the
+//     policy reports the pool; the fleet learns from it when the request is
+//     done.
+//  3. A request with an Upgrade header (websockets: terminal sessions) goes
+//     on untouched: a wrapped writer would get in the way of the upgrade.
+//  4. These are answered before any routing: GET /doc (the upstream's
+//     OpenAPI document with what the handler adds); POST /session and
+//     /api/session (a create under the client's id, else an ordinary create
+//     placed by the fleet); GET /event and /global/event (resumable streams,
+//     or with events off and several workers each client's own merged
+//     stream); with several workers, the fleet-wide reads (fleet.IsRead).
+//  5. Every other request is pointed at the worker of the session its path
+//     names, found if need be; a session whose worker cannot be known or is
+//     not configured is answered 503 here.
+//  6. Then, by what the request is: DELETE of a session; POST
+//     /session/{id}/fork (placed on the parent's worker); with
+//     create_missing, the session of an unknown well-formed id is created
+//     first (and the request routed again, to the worker its create chose);
+//     a keyed prompt (Idempotency-Key) is answered exactly once; anything
+//     else is forwarded with its ids rewritten.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
-	if h.fleet.misconfigured.Load() {
-		writeError(w, http.StatusInternalServerError, "ConfigurationError", errMisrouting, nil)
+	if h.fleet.Misconfigured() {
+		apierror.Write(w, http.StatusInternalServerError, "ConfigurationError", fleet.ErrMisrouting, nil)
 		return nil
 	}
-	rt := h.attachRoute(r)
+	rt := upstream.Attach(r, h.fleet.Observe)
 	if r.Header.Get("Upgrade") != "" {
-		// Websockets (terminal sessions) carry no session ids in their path,
-		// and a wrapped writer would get in the way of the upgrade.
 		return next.ServeHTTP(w, r)
 	}
 	switch {
@@ -27,14 +55,22 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return h.serveDoc(w, r, next)
 	case r.Method == http.MethodPost && (r.URL.Path == "/session" || r.URL.Path == "/api/session"):
 		return h.serveCreate(w, r, next)
-	case r.Method == http.MethodGet && isEventStream(r.URL.Path) && !h.Events.Off:
-		return h.serveEvents(w, r, next)
-	case r.Method == http.MethodGet && fleetReads[r.URL.Path] != nil:
-		if h.learnPool(r, next); h.fleet.several() {
-			return fleetReads[r.URL.Path](h, w, r, next)
+	case r.Method == http.MethodGet && events.IsStream(r.URL.Path):
+		if h.streams.Resumable() {
+			return h.streams.Serve(w, r, next)
+		}
+		if h.fleet.Learn(r, next); h.fleet.Several() {
+			return h.streams.ServeMerged(w, r, next)
+		}
+	case r.Method == http.MethodGet && fleet.IsRead(r.URL.Path):
+		if h.fleet.Learn(r, next); h.fleet.Several() {
+			if answer, ok := h.fleet.Read(w, r, next); ok {
+				h.ids.Relay(w, r, answer, false)
+			}
+			return nil
 		}
 	}
-	if !h.routeRequest(w, r, next, rt) {
+	if !h.route(w, r, next, rt) {
 		return nil
 	}
 	if r.Method == http.MethodDelete && isSessionItem(r.URL.Path) {
@@ -49,36 +85,26 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 				return nil
 			}
 			// The session may be new, on the worker its create chose.
-			if !h.routeRequest(w, r, next, rt) {
+			if !h.route(w, r, next, rt) {
 				return nil
 			}
 		}
 	}
-	if id, route, ok := h.keyedPrompt(r); ok {
-		return h.servePrompt(w, r, next, id, route)
+	if id, route, ok := h.prompts.Keyed(r); ok {
+		return h.prompts.Serve(w, r, next, id, route)
 	}
 	return h.proxy(w, r, next, nil)
 }
 
-// routed finishes a proxied request: the handler learns from its route, and
-// a request for a session whose worker could not serve it is answered with a
-// 503 naming the worker, in opencode's error shape, instead of Caddy's bare
-// error. written says whether the response has started.
-func (h *Handler) routed(w http.ResponseWriter, r *http.Request, rt *route, err error, written bool) error {
-	rt.done(r)
-	if err == nil || written || rt == nil || rt.worker == "" {
-		return err
+// route points a client's request at the worker of the session its path
+// names (see fleet.Route); false when it answered the client itself.
+func (h *Handler) route(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, rt *upstream.Route) bool {
+	id := ""
+	if start, end, ok := sessionSegment(r.URL.Path); ok {
+		id = r.URL.Path[start:end]
 	}
-	switch failureStatus(err) {
-	case http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
-		workerFailed(w, rt, err)
-		return nil
-	}
-	return err
+	return h.fleet.Route(w, r, next, rt, id)
 }
-
-// isEventStream reports whether path is one of opencode's event streams.
-func isEventStream(path string) bool { return path == "/event" || path == "/global/event" }
 
 // isSessionItem reports whether path names one session: /session/{id} or
 // /api/session/{id}, without a sub-resource.
@@ -90,26 +116,13 @@ func isSessionItem(path string) bool {
 // proxy forwards a request with its ids rewritten and rewrites the response.
 // body is the request body when the caller has read it already.
 func (h *Handler) proxy(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, body []byte) error {
-	rt := routeOf(r)
-	if h.Mode == ModeDirect {
-		// Ids are the upstream's own: nothing to rewrite.
-		if body != nil {
-			setBody(r, body)
-		}
-		return h.routed(w, r, rt, next.ServeHTTP(w, r), false)
-	}
-	if !h.toUpstream(w, r, body) {
+	rt := upstream.RouteOf(r)
+	if !h.ids.Request(w, r, body) {
 		return nil
 	}
-	if r.Method == http.MethodHead {
-		// No body to rewrite, and its Content-Length must stay the GET's.
-		return h.routed(w, r, rt, next.ServeHTTP(w, r), false)
-	}
-	rw := &rewritingWriter{
-		w:         w,
-		lookup:    &lookupFunc{resolve: h.index.ClientOf, ctx: r.Context()},
-		maxBuffer: h.MaxBufferSize,
-		report:    func(bytes int, ids int64) { h.countRewrite("response", bytes, ids) },
+	rw := h.ids.Response(w, r)
+	if rw == nil {
+		return h.fleet.Routed(w, r, rt, next.ServeHTTP(w, r), false)
 	}
 	err := next.ServeHTTP(rw, r)
 	if rw.lookup.err != nil {
@@ -119,9 +132,9 @@ func (h *Handler) proxy(w http.ResponseWriter, r *http.Request, next caddyhttp.H
 	}
 	if err != nil && rw.mode == undecided {
 		// Nothing written yet: let Caddy's error handling answer.
-		return h.routed(w, r, rt, err, false)
+		return h.fleet.Routed(w, r, rt, err, false)
 	}
-	rt.done(r)
+	rt.Finish(r)
 	if ferr := rw.finish(); err == nil {
 		err = ferr
 	}

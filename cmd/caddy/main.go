@@ -1,5 +1,5 @@
-// Command caddy is Caddy with the standard modules and session_ids, the same
-// binary xcaddy.sh builds, for `go run` and the integration tests.
+// Command caddy is Caddy with the standard modules and this repository's,
+// the same binary xcaddy.sh builds, for `go run` and the integration tests.
 package main
 
 import (
@@ -7,7 +7,7 @@ import (
 
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
 
-	_ "github.com/sessionid/caddy-sessionid/caddymodule"
+	_ "github.com/sessionid/caddy-sessionid"
 )
 
 func main() {

@@ -48,3 +48,15 @@ func Conflict(w http.ResponseWriter, id, message string, fields []string) {
 func NotFound(w http.ResponseWriter, id string) {
 	Write(w, http.StatusNotFound, "NotFoundError", "Session not found: "+id, nil)
 }
+
+// Upstream answers for an upstream that could not be asked, or whose answer
+// could not be used, without pretending anything happened.
+func Upstream(w http.ResponseWriter, status int, message string) {
+	Write(w, status, "UpstreamError", message, nil)
+}
+
+// Storage answers 503 for a storage (Caddy's, holding the mappings and
+// records) that could not be read or written.
+func Storage(w http.ResponseWriter, message string) {
+	Write(w, http.StatusServiceUnavailable, "StorageError", message, nil)
+}

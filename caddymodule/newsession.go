@@ -1,0 +1,101 @@
+package caddymodule
+
+import (
+	"encoding/json"
+	"io"
+	"net/http"
+
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+
+	"github.com/sessionid/caddy-sessionid/fleet"
+	"github.com/sessionid/caddy-sessionid/idmap"
+	"github.com/sessionid/caddy-sessionid/internal/apierror"
+	"github.com/sessionid/caddy-sessionid/internal/upstream"
+)
+
+// proxyNewSession forwards a request that makes a session under an id the
+// upstream picks (a create without an id, a fork), and with several workers
+// records which worker made it, so that its requests never need to ask every
+// worker. A child goes to its parent's worker. The answer is relayed with its
+// ids rewritten, as on any response.
+func (h *Handler) proxyNewSession(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, raw []byte) error {
+	if h.fleet.Learn(r, next); !h.fleet.Several() {
+		return h.proxy(w, r, next, raw)
+	}
+	rt := upstream.RouteOf(r)
+	if parent := parentIDOf(raw); parent != "" && rt.Worker == "" {
+		worker, err := h.fleet.WorkerOf(r, next, parent)
+		if err != nil {
+			fleet.PlacementFailed(w, err)
+			return nil
+		}
+		rt.Worker, rt.Session = worker, parent
+	}
+	if raw == nil && r.Body != nil && r.Body != http.NoBody {
+		var err error
+		if raw, err = upstream.ReadBody(r, h.MaxBodySize); err != nil {
+			upstream.BodyRefused(w, err, h.MaxBodySize)
+			return nil
+		}
+	}
+	if !h.ids.Request(w, r, raw) {
+		return nil
+	}
+	raw = nil // the body as the translator left it
+	if r.Body != nil {
+		raw, _ = io.ReadAll(r.Body)
+	}
+	if len(raw) == 0 {
+		raw = nil
+	}
+	answer, asked, err := upstream.AskWorker(r, next, rt.Worker, r.Method, r.URL.Path, r.URL.RawQuery, raw)
+	if err != nil {
+		if rt.Worker != "" {
+			h.fleet.WorkerFailed(w, rt, err)
+		} else {
+			apierror.Upstream(w, upstream.FailureStatus(err), "upstream could not create the session: "+err.Error())
+		}
+		return nil
+	}
+	if _, chosen := asked.Outcome(); answer.OK() && chosen != "" {
+		if id := newSessionIDOf(answer.Body.Bytes()); id != "" {
+			if err := h.index.SaveWorker(r.Context(), id, chosen); err != nil {
+				// The session exists; its worker will be found by asking.
+				h.logger.Warn("could not record the worker of a new session", zap.String("real_id", id), zap.Error(err))
+			}
+		}
+	}
+	h.ids.Relay(w, r, answer, false)
+	return nil
+}
+
+// parentIDOf reads parentID from a JSON create body, if it has one.
+func parentIDOf(raw []byte) string {
+	var body struct {
+		ParentID string `json:"parentID"`
+	}
+	_ = json.Unmarshal(raw, &body)
+	return body.ParentID
+}
+
+// newSessionIDOf reads the id of a session in a v1 ({…}) or v2
+// ({"data": {…}}) answer.
+func newSessionIDOf(body []byte) string {
+	var s struct {
+		ID   string `json:"id"`
+		Data struct {
+			ID string `json:"id"`
+		} `json:"data"`
+	}
+	if json.Unmarshal(body, &s) != nil {
+		return ""
+	}
+	if s.ID == "" {
+		s.ID = s.Data.ID
+	}
+	if !idmap.IsToken(s.ID) {
+		return ""
+	}
+	return s.ID
+}
