@@ -15,6 +15,9 @@ go run "github.com/caddyserver/xcaddy/cmd/xcaddy@${XCADDY_VERSION}" build "$CADD
 	--with "$module@v0.0.0=$PWD" \
 	--with "$REDIS_STORAGE" \
 	--output "$output"
-"$output" list-modules | grep -x 'http.handlers.session_ids' >/dev/null # not -q: with pipefail, an early exit would fail the pipe
-"$output" list-modules | grep -x 'caddy.storage.redis' >/dev/null # not -q: with pipefail, an early exit would fail the pipe
+modules=$("$output" list-modules)
+for m in http.handlers.session_ids http.reverse_proxy.selection_policies.session_ids; do
+	grep -x "$m" <<<"$modules" >/dev/null || { echo "$output lacks module $m" >&2; exit 1; }
+done
+grep -x caddy.storage.redis <<<"$modules" >/dev/null || { echo "$output lacks module caddy.storage.redis" >&2; exit 1; }
 echo "built $output with $module and $REDIS_STORAGE"

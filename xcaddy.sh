@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Builds ./caddy (or the path given as $1) with the session_ids module from
 # this working tree, using xcaddy at a pinned version and a pinned Caddy.
+# XCADDY_GO_BUILD_FLAGS passes build flags on, as xcaddy reads it: CI builds
+# the binary with the test-only fault hooks with
+# XCADDY_GO_BUILD_FLAGS="-tags=sessionids_faults -trimpath".
 set -euo pipefail
 cd "$(dirname "$0")"
 CADDY_VERSION=v2.11.9
@@ -11,5 +14,8 @@ module=$(go list -m)
 go run "github.com/caddyserver/xcaddy/cmd/xcaddy@${XCADDY_VERSION}" build "$CADDY_VERSION" \
 	--with "$module@v0.0.0=$PWD" \
 	--output "$output"
-"$output" list-modules | grep -x 'http.handlers.session_ids' >/dev/null # not -q: with pipefail, an early exit would fail the pipe
+modules=$("$output" list-modules)
+for m in http.handlers.session_ids http.reverse_proxy.selection_policies.session_ids; do
+	grep -x "$m" <<<"$modules" >/dev/null || { echo "$output lacks module $m" >&2; exit 1; }
+done
 echo "built $output with $module"

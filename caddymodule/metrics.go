@@ -1,17 +1,18 @@
 package caddymodule
 
 import (
-	"errors"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/sessionid/caddy-sessionid/events"
+	"github.com/sessionid/caddy-sessionid/fleet"
+	"github.com/sessionid/caddy-sessionid/idempotency"
+	"github.com/sessionid/caddy-sessionid/internal/metrics"
 )
 
 // sessionMetrics are the handler's counters and histograms, labelled by
-// namespace. Like Caddy's own, they exist once per process and are
-// registered with the metrics registry of every config that provisions the
-// handler (each reload has a new registry); Caddy serves them on its admin
-// endpoint's /metrics.
+// namespace (package internal/metrics says how they are made and
+// registered; the fleet, events and idempotency have their own).
 var sessionMetrics = struct {
 	creates        *prometheus.CounterVec
 	replays        *prometheus.CounterVec
@@ -23,41 +24,38 @@ var sessionMetrics = struct {
 	storeSeconds   *prometheus.HistogramVec
 	rewrittenBytes *prometheus.CounterVec
 	rewrittenIDs   *prometheus.CounterVec
-	discoveries    *prometheus.CounterVec
-	workerDown     *prometheus.CounterVec
 }{
-	creates:        counter("creates_total", "Sessions created under a client-chosen id."),
-	replays:        counter("replays_total", "Creates answered with the existing session (Idempotent-Replayed)."),
-	conflicts:      counter("conflicts_total", "Creates refused with 409."),
-	invalidIDs:     counter("invalid_ids_total", "Creates refused with 400 for their id."),
-	createdMissing: counter("created_missing_total", "Sessions created by create_missing."),
-	adopted:        counter("adopted_total", "Interrupted creates whose upstream session was adopted or finished."),
-	cacheLookups:   counter("cache_lookups_total", "Id lookups, by whether the cache answered them.", "result"),
+	creates:        metrics.Counter("creates_total", "Sessions created under a client-chosen id."),
+	replays:        metrics.Counter("replays_total", "Creates answered with the existing session (Idempotent-Replayed)."),
+	conflicts:      metrics.Counter("conflicts_total", "Creates refused with 409."),
+	invalidIDs:     metrics.Counter("invalid_ids_total", "Creates refused with 400 for their id."),
+	createdMissing: metrics.Counter("created_missing_total", "Sessions created by create_missing."),
+	adopted:        metrics.Counter("adopted_total", "Interrupted creates whose upstream session was adopted or finished."),
+	cacheLookups:   metrics.Counter("cache_lookups_total", "Id lookups, by whether the cache answered them.", "result"),
 	storeSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Namespace: "caddy", Subsystem: "session_ids", Name: "storage_seconds",
 		Help: "Latency of Caddy storage operations on mappings.", Buckets: prometheus.ExponentialBuckets(0.0001, 4, 9),
 	}, []string{"namespace", "op"}),
-	rewrittenBytes: counter("rewritten_bytes_total", "Bytes passed through the id rewriter.", "direction"),
-	rewrittenIDs:   counter("rewritten_ids_total", "Ids rewritten.", "direction"),
-	discoveries:    counter("worker_discoveries_total", "Sessions whose worker was looked for on every worker, by result (found, absent, unknown).", "result"),
-	workerDown:     counter("worker_unavailable_total", "Requests for a session answered 503 because its worker was down or not configured.", "worker"),
+	rewrittenBytes: metrics.Counter("rewritten_bytes_total", "Bytes passed through the id rewriter.", "direction"),
+	rewrittenIDs:   metrics.Counter("rewritten_ids_total", "Ids rewritten.", "direction"),
 }
 
-func counter(name, help string, labels ...string) *prometheus.CounterVec {
-	return prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "caddy", Subsystem: "session_ids", Name: name, Help: help},
-		append([]string{"namespace"}, labels...))
-}
-
-// registerMetrics adds the collectors to a config's registry.
-func registerMetrics(registry *prometheus.Registry) error {
-	m := &sessionMetrics
-	for _, c := range []prometheus.Collector{m.creates, m.replays, m.conflicts, m.invalidIDs, m.createdMissing,
-		m.adopted, m.cacheLookups, m.storeSeconds, m.rewrittenBytes, m.rewrittenIDs, m.discoveries, m.workerDown} {
-		if err := registry.Register(c); err != nil && !errors.As(err, new(prometheus.AlreadyRegisteredError)) {
+// registerAllMetrics adds the collectors of the handler and of its
+// subsystems to a config's registry.
+func registerAllMetrics(registry *prometheus.Registry) error {
+	for _, register := range []func(*prometheus.Registry) error{registerMetrics, fleet.RegisterMetrics, events.RegisterMetrics, idempotency.RegisterMetrics} {
+		if err := register(registry); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// registerMetrics adds the handler's own collectors to a config's registry.
+func registerMetrics(registry *prometheus.Registry) error {
+	m := &sessionMetrics
+	return metrics.Register(registry, m.creates, m.replays, m.conflicts, m.invalidIDs, m.createdMissing,
+		m.adopted, m.cacheLookups, m.storeSeconds, m.rewrittenBytes, m.rewrittenIDs)
 }
 
 // observeStorage and observeLookup feed the index's measurements in.

@@ -23,7 +23,6 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/certmagic"
-	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
 	"github.com/sessionid/caddy-sessionid/events"
@@ -172,11 +171,8 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if h.Namespace == "" {
 		h.Namespace = defaultNamespace
 	}
-	registry := ctx.GetMetricsRegistry()
-	for _, register := range []func(*prometheus.Registry) error{registerMetrics, fleet.RegisterMetrics, events.RegisterMetrics, idempotency.RegisterMetrics} {
-		if err := register(registry); err != nil {
-			return err
-		}
+	if err := registerAllMetrics(ctx.GetMetricsRegistry()); err != nil {
+		return err
 	}
 	storage := ctx.Storage()
 	// One Index per namespace, storage and cache settings, across config

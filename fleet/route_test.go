@@ -20,4 +20,3 @@ func TestAnswersToPendingRequestsAreRecognised(t *testing.T) {
 		}
 	}
 }
-

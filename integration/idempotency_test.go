@@ -205,13 +205,23 @@ func TestIdempotentPrompts(t *testing.T) {
 	})
 
 	t.Run("kill -9 of Caddy after the upstream took the prompt and before the record: the retry does not prompt again", func(t *testing.T) {
-		crashing := startCaddy(t, oc, "SESSION_IDS_TEST_FAULT=crash-after-prompt")
+		// The binary users build has no fault hook: the variable does nothing.
+		users := startCaddy(t, oc, "SESSION_IDS_TEST_FAULT=crash-after-prompt")
+		hookless := newSession(t, users.URL, "no hook")
+		if k := sendKeyed(users.URL, "prompt_async", hookless, "hookless", "hello", 30*time.Second); k.status != 204 {
+			t.Fatalf("the binary users build obeyed the fault hook: %d %s", k.status, k.body)
+		}
+		settled(t, users.URL, hookless, 1) // its model call is done before the next one is counted
+		users.stop()
+
+		crashing := startCaddyWith(t, faultyCaddyBin, "Caddyfile.example", oc.URL, "SESSION_IDS_TEST_FAULT=crash-after-prompt")
 		id, before := newSession(t, crashing.URL, "crash"), model.agentCalls.Load()
 		if k := sendKeyed(crashing.URL, "prompt_async", id, "crash-1", "hello", 30*time.Second); k.status != 0 {
 			t.Fatalf("the fault hook did not fire: %d %s", k.status, k.body)
 		}
 		<-crashing.done
-		crashing.env = crashing.env[:len(crashing.env)-1] // the same Caddy, storage and port, without the fault
+		// The same storage and port, with the binary users build.
+		crashing.bin, crashing.env = caddyBin, crashing.env[:len(crashing.env)-1]
 		crashing.start()
 		k := retryKeyed(t, crashing.URL, "prompt_async", id, "crash-1", "hello")
 		if k.status != 204 {

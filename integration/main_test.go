@@ -28,6 +28,10 @@ func run(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
+	if faultyCaddyBin, err = findOrBuildFaultyCaddy(dir); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
 	if nativeBin, err = build(dir, "nativeserver"); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1

@@ -25,8 +25,11 @@ const LegacyOpencodeVersion = "1.15.4"
 
 var (
 	repoRoot, _ = filepath.Abs("..")
-	caddyBin    string // set by TestMain
-	opencodeBin string // set by TestMain
+	caddyBin    string // set by TestMain: the binary users build
+	// faultyCaddyBin is caddyBin with the test-only fault hooks compiled in
+	// (build tag sessionids_faults); set by TestMain.
+	faultyCaddyBin string
+	opencodeBin    string // set by TestMain
 	nativeBin   string // set by TestMain
 )
 
@@ -58,10 +61,22 @@ func findOrBuildCaddy(dir string) (string, error) {
 	return build(dir, "caddy")
 }
 
-// build compiles ./cmd/<name> into dir.
-func build(dir, name string) (string, error) {
-	bin := filepath.Join(dir, name)
-	cmd := exec.Command("go", "build", "-o", bin, "./cmd/"+name)
+// findOrBuildFaultyCaddy returns $CADDY_FAULTS_BIN (CI sets it to the
+// xcaddy build with the build tag sessionids_faults), or builds ./cmd/caddy
+// with that tag into dir: the one binary whose test-only fault hooks
+// (SESSION_IDS_TEST_FAULT) are compiled in.
+func findOrBuildFaultyCaddy(dir string) (string, error) {
+	if bin := os.Getenv("CADDY_FAULTS_BIN"); bin != "" {
+		return filepath.Abs(bin)
+	}
+	return build(dir, "caddy", "-tags", "sessionids_faults")
+}
+
+// build compiles ./cmd/<name> into dir (named after the flags' tags, if
+// any), with flags.
+func build(dir, name string, flags ...string) (string, error) {
+	bin := filepath.Join(dir, name+strings.Join(flags, ""))
+	cmd := exec.Command("go", append(append([]string{"build"}, flags...), "-o", bin, "./cmd/"+name)...)
 	cmd.Dir = repoRoot
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return "", fmt.Errorf("build %s: %v\n%s", name, err, out)

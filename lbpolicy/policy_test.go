@@ -14,15 +14,8 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 
 	"github.com/sessionid/caddy-sessionid/internal/upstream"
+	"github.com/sessionid/caddy-sessionid/internal/upstreamtest"
 )
-
-func testPool(dials ...string) reverseproxy.UpstreamPool {
-	var pool reverseproxy.UpstreamPool
-	for _, d := range dials {
-		pool = append(pool, &reverseproxy.Upstream{Dial: d, Host: new(reverseproxy.Host)})
-	}
-	return pool
-}
 
 // firstPolicy is a session_ids policy whose fallback takes the first
 // available upstream, so that tests know what it picks.
@@ -40,7 +33,7 @@ func routedRequest(worker string) (*upstream.Route, *httptest.ResponseRecorder, 
 }
 
 func TestThePolicySendsASessionsRequestToItsWorkerOnly(t *testing.T) {
-	pool := testPool("w1:1", "w2:2", "w3:3")
+	pool := upstreamtest.Pool("w1:1", "w2:2", "w3:3")
 	rt, w, r := routedRequest("w3:3")
 	if got := firstPolicy().Select(pool, r, w); got != pool[2] {
 		t.Fatalf("selected %v, want w3:3", got)
@@ -53,7 +46,7 @@ func TestThePolicySendsASessionsRequestToItsWorkerOnly(t *testing.T) {
 func TestThePolicySelectsNothingForAWorkerOutsideThePool(t *testing.T) {
 	// reverse_proxy then retries until lb_try_duration and fails with 503:
 	// the request never reaches a worker that does not hold its session.
-	pool := testPool("w1:1", "w2:2")
+	pool := upstreamtest.Pool("w1:1", "w2:2")
 	rt, w, r := routedRequest("gone:9")
 	if got := firstPolicy().Select(pool, r, w); got != nil {
 		t.Fatalf("selected %v for a worker not in the pool", got.Dial)
@@ -64,7 +57,7 @@ func TestThePolicySelectsNothingForAWorkerOutsideThePool(t *testing.T) {
 }
 
 func TestWithoutAWorkerTheFallbackChoosesAndTheChoiceIsReported(t *testing.T) {
-	pool := testPool("w1:1", "w2:2")
+	pool := upstreamtest.Pool("w1:1", "w2:2")
 	rt, w, r := routedRequest("")
 	if got := firstPolicy().Select(pool, r, w); got != pool[0] {
 		t.Fatalf("selected %v, want the fallback's w1:1", got)
@@ -75,7 +68,7 @@ func TestWithoutAWorkerTheFallbackChoosesAndTheChoiceIsReported(t *testing.T) {
 }
 
 func TestARequestThatDidNotPassTheHandlerIsTheFallbacks(t *testing.T) {
-	pool := testPool("w1:1", "w2:2")
+	pool := upstreamtest.Pool("w1:1", "w2:2")
 	r := httptest.NewRequest("GET", "/x", nil)
 	if got := firstPolicy().Select(pool, r, httptest.NewRecorder()); got != pool[0] {
 		t.Fatalf("selected %v, want the fallback's w1:1", got)
@@ -87,11 +80,11 @@ func TestThePolicyFindsItsWorkerInANewPool(t *testing.T) {
 	// dial addresses follows it.
 	p := firstPolicy()
 	_, w, r := routedRequest("w2:2")
-	first := testPool("w1:1", "w2:2")
+	first := upstreamtest.Pool("w1:1", "w2:2")
 	if got := p.Select(first, r, w); got != first[1] {
 		t.Fatal("first pool: wrong worker")
 	}
-	second := testPool("w2:2", "w4:4")
+	second := upstreamtest.Pool("w2:2", "w4:4")
 	if got := p.Select(second, r, w); got != second[0] {
 		t.Fatal("second pool: the index was not rebuilt")
 	}

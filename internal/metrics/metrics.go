@@ -22,11 +22,17 @@ func Gauge(name, help string) *prometheus.GaugeVec {
 	return prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "caddy", Subsystem: "session_ids", Name: name, Help: help}, []string{"namespace"})
 }
 
-// Register adds collectors to a config's registry; ones it has already are
-// fine.
+// Register adds collectors to a config's registry. A collector it has
+// already (a second handler in the config) is fine; another collector under
+// the same name is an error, as it would otherwise go unserved.
 func Register(registry *prometheus.Registry, collectors ...prometheus.Collector) error {
 	for _, c := range collectors {
-		if err := registry.Register(c); err != nil && !errors.As(err, new(prometheus.AlreadyRegisteredError)) {
+		err := registry.Register(c)
+		var already prometheus.AlreadyRegisteredError
+		if errors.As(err, &already) && already.ExistingCollector == c {
+			continue
+		}
+		if err != nil {
 			return err
 		}
 	}
