@@ -30,7 +30,7 @@ var (
 	// (build tag sessionids_faults); set by TestMain.
 	faultyCaddyBin string
 	opencodeBin    string // set by TestMain
-	nativeBin   string // set by TestMain
+	nativeBin      string // set by TestMain
 )
 
 // findOrInstallOpencode returns opencode-ai@version installed from npm under
