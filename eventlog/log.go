@@ -10,7 +10,8 @@
 // of each holding a queue of its own, a slow reader costs no memory: it
 // merely falls behind, and past the retained window it is told so.
 //
-// The package knows nothing of HTTP; the Caddy glue lives in caddymodule.
+// The package knows nothing of HTTP; the event streams that use it are
+// package events.
 package eventlog
 
 import (

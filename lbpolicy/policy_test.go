@@ -124,3 +124,20 @@ func TestThePolicysCaddyfile(t *testing.T) {
 		})
 	}
 }
+
+func TestThePolicyReportsOneIndexOfItsPoolOnEveryRoute(t *testing.T) {
+	// The handler keeps the pool the policy reports and finds workers in
+	// it: one index per pool, not one per request.
+	p := firstPolicy()
+	pool := upstreamtest.Pool("w1:1", "w2:2")
+	first, w, r := routedRequest("")
+	p.Select(pool, r, w)
+	second, w, r := routedRequest("w2:2")
+	p.Select(pool, r, w)
+	if first.Pool() == nil || first.Pool() != second.Pool() {
+		t.Fatalf("reported %p and %p for one pool", first.Pool(), second.Pool())
+	}
+	if u, ok := first.Pool().Member("w2:2"); !ok || u != pool[1] || first.Pool().Len() != 2 {
+		t.Fatalf("the reported pool does not index the workers: %v %v", u, ok)
+	}
+}
