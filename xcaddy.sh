@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Builds ./caddy (or the path given as $1) with the session_ids module from
 # this working tree, using xcaddy at a pinned version and a pinned Caddy.
-# XCADDY_GO_BUILD_FLAGS passes build flags on, as xcaddy reads it: CI builds
-# the binary with the test-only fault hooks with
-# XCADDY_GO_BUILD_FLAGS="-tags=sessionids_faults -trimpath".
+# XCADDY_GO_BUILD_FLAGS replaces xcaddy's build flags (its defaults are
+# -ldflags "-w -s" -trimpath -tags nobadger,nomysql,nopgx): CI builds the
+# binary with the test-only fault hooks with
+# XCADDY_GO_BUILD_FLAGS="-ldflags=-s -trimpath -tags=nobadger,nomysql,nopgx,sessionids_faults".
 set -euo pipefail
 cd "$(dirname "$0")"
 CADDY_VERSION=v2.11.9

@@ -207,7 +207,7 @@ func TestIdempotentPrompts(t *testing.T) {
 	t.Run("kill -9 of Caddy after the upstream took the prompt and before the record: the retry does not prompt again", func(t *testing.T) {
 		// The binary users build has no fault hook: the variable does nothing.
 		users := startCaddy(t, oc, "SESSION_IDS_TEST_FAULT=crash-after-prompt")
-		hookless := newSession(t, users.URL, "no hook")
+		hookless := newSession(t, users.URL, "nohook")
 		if k := sendKeyed(users.URL, "prompt_async", hookless, "hookless", "hello", 30*time.Second); k.status != 204 {
 			t.Fatalf("the binary users build obeyed the fault hook: %d %s", k.status, k.body)
 		}
