@@ -169,7 +169,7 @@ func newRequest() *http.Request {
 // reverse_proxy do, and returns the worker the policy selected.
 func (f *fleetRouting) route(r *http.Request, w http.ResponseWriter, i int) string {
 	r.URL.Path = f.paths[i]
-	rt := upstream.Attach(r, f.h.fleet.Observe)
+	rt := upstream.Attach(r, f.h.observe)
 	if !f.h.route(w, r, f.next(), rt) {
 		return "answered by the handler"
 	}

@@ -23,6 +23,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/certmagic"
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
 	"github.com/sessionid/caddy-sessionid/events"
@@ -30,6 +31,7 @@ import (
 	"github.com/sessionid/caddy-sessionid/idempotency"
 	"github.com/sessionid/caddy-sessionid/idmap"
 	"github.com/sessionid/caddy-sessionid/internal/shared"
+	"github.com/sessionid/caddy-sessionid/internal/upstream"
 )
 
 func init() {
@@ -133,6 +135,7 @@ type Handler struct {
 	createSession func(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, req *createRequest) error
 	probes        *sync.Map // worker → *capabilityProbe, for direct mode
 	fleet         *fleet.Fleet
+	observe       func(*http.Request, *upstream.Route) // fleet.Observe, the Done of every route
 	streams       *events.Streams
 	prompts       *idempotency.Prompts
 	logger        *zap.Logger
@@ -167,14 +170,16 @@ func (p pooledIndex) Destruct() error { p.Close(); return nil }
 
 // Provision sets up the handler.
 func (h *Handler) Provision(ctx caddy.Context) error {
-	h.logger = ctx.Logger()
-	if h.Namespace == "" {
-		h.Namespace = defaultNamespace
-	}
-	if err := registerAllMetrics(ctx.GetMetricsRegistry()); err != nil {
+	return h.provision(ctx.Storage(), ctx.GetMetricsRegistry(), ctx.Logger())
+}
+
+// provision is Provision with what it takes of Caddy's context.
+func (h *Handler) provision(storage certmagic.Storage, registry *prometheus.Registry, logger *zap.Logger) error {
+	h.logger = logger
+	h.setDefaults() // before the index: its settings are part of its key
+	if err := registerAllMetrics(registry); err != nil {
 		return err
 	}
-	storage := ctx.Storage()
 	// One Index per namespace, storage and cache settings, across config
 	// reloads, so that the handler of a new config sees the locks,
 	// in-flight creates and cache of the handler it replaces while both
@@ -203,10 +208,8 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	return h.setup(value.(pooledIndex).Index, storageKey)
 }
 
-// setup applies the defaults and builds the handler around its index: the
-// mode's translator and create, the fleet, the event streams and the keyed
-// prompts. storageKey names the index's namespace and storage.
-func (h *Handler) setup(index *idmap.Index, storageKey string) error {
+// setDefaults gives every configuration field left unset its default.
+func (h *Handler) setDefaults() {
 	if h.logger == nil {
 		h.logger = zap.NewNop()
 	}
@@ -228,6 +231,19 @@ func (h *Handler) setup(index *idmap.Index, storageKey string) error {
 	if h.NegativeTTL == 0 {
 		h.NegativeTTL = caddy.Duration(defaultNegativeTTL)
 	}
+	if h.Events == nil {
+		h.Events = new(events.Config)
+	}
+	if h.Idempotency == nil {
+		h.Idempotency = new(idempotency.Config)
+	}
+}
+
+// setup builds the handler around its index: the mode's translator and
+// create, the fleet, the event streams and the keyed prompts. storageKey
+// names the index's namespace and storage.
+func (h *Handler) setup(index *idmap.Index, storageKey string) error {
+	h.setDefaults()
 	policy, err := idmap.ParseDuplicatePolicy(h.Duplicates)
 	if err != nil {
 		return err
@@ -242,14 +258,9 @@ func (h *Handler) setup(index *idmap.Index, storageKey string) error {
 		h.ids, h.createSession = mappedIDs{h}, h.createMapped
 	}
 	h.fleet = fleet.New(h.Namespace, index, h.logger)
-	if h.Events == nil {
-		h.Events = new(events.Config)
-	}
+	h.observe = h.fleet.Observe // one method value, not one per request
 	if h.streams, err = events.New(h.Events, h.Namespace, h.ids, h.fleet, h.logger); err != nil {
 		return err
-	}
-	if h.Idempotency == nil {
-		h.Idempotency = new(idempotency.Config)
 	}
 	h.prompts, err = idempotency.New(h.Idempotency, h.Namespace, index, h.ids, h.MaxBodySize, storageKey, h.logger)
 	return err

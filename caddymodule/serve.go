@@ -46,7 +46,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		apierror.Write(w, http.StatusInternalServerError, "ConfigurationError", fleet.ErrMisrouting, nil)
 		return nil
 	}
-	rt := upstream.Attach(r, h.fleet.Observe)
+	rt := upstream.Attach(r, h.observe)
 	if r.Header.Get("Upgrade") != "" {
 		return next.ServeHTTP(w, r)
 	}
