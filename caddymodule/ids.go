@@ -44,7 +44,7 @@ type ids interface {
 }
 
 // directIDs is the translator of direct mode: ids are the upstream's own.
-type directIDs struct{ h *Handler }
+type directIDs struct{}
 
 func (directIDs) Mode() string { return ModeDirect }
 

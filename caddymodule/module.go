@@ -253,7 +253,7 @@ func (h *Handler) setup(index *idmap.Index, storageKey string) error {
 	h.probes = new(sync.Map)
 	switch h.Mode {
 	case ModeDirect:
-		h.ids, h.createSession = directIDs{h}, h.createDirect
+		h.ids, h.createSession = directIDs{}, h.createDirect
 	default:
 		h.ids, h.createSession = mappedIDs{h}, h.createMapped
 	}
