@@ -8,6 +8,8 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/dustin/go-humanize"
+
+	"github.com/sessionid/caddy-sessionid/access"
 	"github.com/sessionid/caddy-sessionid/events"
 	"github.com/sessionid/caddy-sessionid/idempotency"
 )
@@ -35,6 +37,12 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		cache_ttl       <duration>
 //		negative_ttl    <duration>
 //		create_missing  [true|false]
+//		max_ids_per_body <count>
+//		auth            verify [<uri>] {
+//			verified_for <duration>
+//			refused_for  <duration>
+//			max_callers  <count>
+//		} | trust [<placeholder>]
 //		idempotency     off | {
 //			ttl     <duration>
 //			wait    <duration>
@@ -78,6 +86,15 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			continue
 		}
+		if option == "auth" {
+			if h.Auth == nil {
+				h.Auth = new(access.Config)
+			}
+			if err := h.Auth.UnmarshalCaddyfile(d); err != nil {
+				return err
+			}
+			continue
+		}
 		if option == "events" {
 			if h.Events == nil {
 				h.Events = new(events.Config)
@@ -111,6 +128,12 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			} else {
 				h.MaxBufferSize = int64(size)
 			}
+		case "max_ids_per_body":
+			n, err := strconv.Atoi(value)
+			if err != nil || n <= 0 {
+				return d.Errf("bad max_ids_per_body %q: want a positive count", value)
+			}
+			h.MaxIDsPerBody = n
 		case "cache_entries":
 			n, err := strconv.ParseInt(value, 10, 64)
 			if err != nil || n <= 0 {

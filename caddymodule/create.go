@@ -40,6 +40,10 @@ func (h *Handler) serveCreate(w http.ResponseWriter, r *http.Request, next caddy
 			return nil
 		}
 	}
+	if err := h.ids.CheckIDs([]byte(r.URL.RawQuery), raw); err != nil {
+		upstream.BodyRefused(w, err, h.MaxBodySize)
+		return nil
+	}
 	parse := h.parseCreate
 	if r.URL.Path == "/api/session" {
 		parse = h.parseCreateV2
@@ -81,7 +85,7 @@ func (h *Handler) createMapped(w http.ResponseWriter, r *http.Request, next cadd
 		err = lookup.err
 	}
 	if err != nil {
-		apierror.Storage(w, err.Error())
+		apierror.Storage(w, "session id mapping could not be read or written")
 		return nil
 	}
 
@@ -93,7 +97,7 @@ func (h *Handler) createMapped(w http.ResponseWriter, r *http.Request, next cadd
 	}
 	worker := upstream.Worker(r)
 	if err := h.index.Store.SavePending(ctx, idmap.Pending{ClientID: req.id, Fields: req.fields, Query: r.URL.RawQuery, Started: time.Now().UTC(), Worker: worker}); err != nil {
-		apierror.Storage(w, err.Error())
+		apierror.Storage(w, "session id mapping could not be read or written")
 		return nil
 	}
 
@@ -163,7 +167,7 @@ func (h *Handler) lockForCreate(w http.ResponseWriter, r *http.Request, next cad
 	unlock, err := h.index.Lock(ctx, req.id)
 	if err != nil {
 		log.Error("could not lock session id", zap.Error(err))
-		apierror.Storage(w, fmt.Sprintf("could not lock session id %s: %v", req.id, err))
+		apierror.Storage(w, "could not lock session id "+req.id)
 		return nil
 	}
 	m, err := h.index.Store.Load(ctx, req.id)
@@ -180,7 +184,7 @@ func (h *Handler) lockForCreate(w http.ResponseWriter, r *http.Request, next cad
 		}
 		log.Warn("mapped session no longer exists upstream; creating it again", zap.String("real_id", m.RealID))
 		if err := h.index.Remove(ctx, m); err != nil {
-			apierror.Storage(w, "could not remove a stale mapping: "+err.Error())
+			apierror.Storage(w, "could not remove a stale mapping")
 			unlock()
 			return nil
 		}
@@ -192,7 +196,7 @@ func (h *Handler) lockForCreate(w http.ResponseWriter, r *http.Request, next cad
 	}
 	pending, err := h.index.Store.LoadPending(ctx, req.id)
 	if err != nil && !errors.Is(err, idmap.ErrNotFound) {
-		apierror.Storage(w, "pending create could not be read: "+err.Error())
+		apierror.Storage(w, "pending create could not be read")
 		unlock()
 		return nil
 	}

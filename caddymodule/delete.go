@@ -24,7 +24,7 @@ func (h *Handler) serveDelete(w http.ResponseWriter, r *http.Request, next caddy
 	}
 	unlock, err := h.index.Lock(ctx, id)
 	if err != nil {
-		apierror.Storage(w, "could not lock session id "+id+": "+err.Error())
+		apierror.Storage(w, "could not lock session id "+id)
 		return nil
 	}
 	defer unlock()

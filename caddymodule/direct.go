@@ -74,7 +74,7 @@ func (h *Handler) createDirect(w http.ResponseWriter, r *http.Request, next cadd
 	}
 
 	if err := h.index.Store.SavePending(ctx, idmap.Pending{ClientID: req.id, Fields: req.fields, Query: r.URL.RawQuery, Started: time.Now().UTC(), Worker: upstream.Worker(r)}); err != nil {
-		apierror.Storage(w, err.Error())
+		apierror.Storage(w, "the session record could not be read or written")
 		return nil
 	}
 	var answer *upstream.Answer

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
@@ -299,7 +300,11 @@ func TestARefusedPromptRecordsNothing(t *testing.T) {
 func pending(t *testing.T, h *Handler, key, body string, started time.Time) idmap.Prompt {
 	t.Helper()
 	print, _ := idmap.NewFingerprint("prompt_async", "", []byte(body))
-	rec := idmap.Prompt{SessionID: clientID, Key: key, Fingerprint: print, MessageID: idmap.NewMessageID(started, clientID, key),
+	anonymous, err := h.gate.Name(httptest.NewRequest("POST", "/", nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := idmap.Prompt{SessionID: clientID, Caller: anonymous.ID, Key: key, Fingerprint: print, MessageID: idmap.NewMessageID(started, clientID, key),
 		Started: started, Expires: started.Add(time.Hour)}
 	if err := h.index.Store.SavePrompt(context.Background(), rec); err != nil {
 		t.Fatal(err)

@@ -27,6 +27,13 @@ type ids interface {
 	UpstreamID(ctx context.Context, id string) (string, error)
 	// ToUpstream rewrites the client ids in a body or query.
 	ToUpstream(ctx context.Context, b []byte) ([]byte, error)
+	// CheckIDs refuses (with an upstream.TooManyIDsError) a query and body
+	// that name more distinct ids than one request may have looked up.
+	CheckIDs(parts ...[]byte) error
+	// Query rewrites the ids of a request's query alone (a websocket's, whose
+	// body is not a request body). It answers the client itself and returns
+	// false when the request cannot be forwarded.
+	Query(w http.ResponseWriter, r *http.Request) bool
 	// Request prepares a request to be forwarded: its ids in the session
 	// segment of its path, its query and its body (body if the caller has
 	// read it, else read here when it may carry ids). It answers the client
@@ -52,6 +59,10 @@ func (directIDs) UpstreamID(_ context.Context, id string) (string, error) { retu
 
 func (directIDs) ToUpstream(_ context.Context, b []byte) ([]byte, error) { return b, nil }
 
+func (directIDs) CheckIDs(...[]byte) error { return nil }
+
+func (directIDs) Query(http.ResponseWriter, *http.Request) bool { return true }
+
 func (directIDs) Request(_ http.ResponseWriter, r *http.Request, body []byte) bool {
 	if body != nil {
 		upstream.SetBody(r, body)
@@ -70,7 +81,7 @@ func (directIDs) Event(_ context.Context, ev []byte) []byte { return ev }
 // writeAnswer writes an answer with body as its body.
 func writeAnswer(w http.ResponseWriter, answer *upstream.Answer, body []byte, replayed bool) {
 	header := w.Header()
-	for _, name := range []string{"Content-Type", "Vary", "Cache-Control"} {
+	for _, name := range []string{"Content-Type", "Vary", "Cache-Control", "Www-Authenticate", "Retry-After"} {
 		if v := answer.Header().Values(name); len(v) > 0 {
 			header[name] = v
 		}

@@ -34,10 +34,52 @@ func (t mappedIDs) ToUpstream(ctx context.Context, b []byte) ([]byte, error) {
 	return out, lookup.err
 }
 
+// CheckIDs refuses what names more distinct ids than a request may have
+// looked up (max_ids_per_body), before any is.
+func (t mappedIDs) CheckIDs(parts ...[]byte) error {
+	if idmap.TooManyTokens(t.h.MaxIDsPerBody, parts...) {
+		return upstream.TooManyIDsError{Max: t.h.MaxIDsPerBody}
+	}
+	return nil
+}
+
+func (t mappedIDs) Query(w http.ResponseWriter, r *http.Request) bool {
+	if !strings.Contains(r.URL.RawQuery, idmap.Prefix) {
+		return true
+	}
+	if err := t.CheckIDs([]byte(r.URL.RawQuery)); err != nil {
+		upstream.BodyRefused(w, err, t.h.MaxBodySize)
+		return false
+	}
+	lookup := &lookupFunc{resolve: t.h.index.RealOf, ctx: r.Context()}
+	if q, replaced := idmap.Replace([]byte(r.URL.RawQuery), lookup.lookup); replaced > 0 {
+		r.URL.RawQuery = string(q)
+		r.RequestURI = r.URL.RequestURI()
+	}
+	if lookup.err != nil {
+		t.h.logger.Error("mapping lookup failed", zap.Error(lookup.err))
+		apierror.Storage(w, "session id mapping could not be read")
+		return false
+	}
+	return true
+}
+
 func (t mappedIDs) Request(w http.ResponseWriter, r *http.Request, body []byte) bool {
 	h := t.h
 	ctx := r.Context()
 	lookup := &lookupFunc{resolve: h.index.RealOf, ctx: ctx}
+
+	if body == nil && rewritableBody(r) {
+		var err error
+		if body, err = upstream.ReadBody(r, h.MaxBodySize); err != nil {
+			upstream.BodyRefused(w, err, h.MaxBodySize)
+			return false
+		}
+	}
+	if err := t.CheckIDs([]byte(r.URL.RawQuery), body); err != nil {
+		upstream.BodyRefused(w, err, h.MaxBodySize)
+		return false
+	}
 
 	if err := rewriteSessionPath(r.URL, func(id string) (string, bool, error) { return h.index.RealOf(ctx, id) }); err != nil {
 		h.logger.Error("mapping lookup failed", zap.Error(err))
@@ -51,13 +93,6 @@ func (t mappedIDs) Request(w http.ResponseWriter, r *http.Request, body []byte) 
 		}
 	}
 
-	if body == nil && rewritableBody(r) {
-		var err error
-		if body, err = upstream.ReadBody(r, h.MaxBodySize); err != nil {
-			upstream.BodyRefused(w, err, h.MaxBodySize)
-			return false
-		}
-	}
 	if body != nil {
 		rewritten, replaced := idmap.Replace(body, lookup.lookup)
 		h.countRewrite("request", len(body), replaced)

@@ -26,6 +26,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
+	"github.com/sessionid/caddy-sessionid/access"
 	"github.com/sessionid/caddy-sessionid/events"
 	"github.com/sessionid/caddy-sessionid/fleet"
 	"github.com/sessionid/caddy-sessionid/idempotency"
@@ -122,6 +123,21 @@ type Handler struct {
 	// are never affected.
 	Idempotency *idempotency.Config `json:"idempotency,omitempty"`
 
+	// Auth says how the handler learns, before it answers anything from its
+	// own records, reads a body or spends work on a request, whether the
+	// upstream would serve the caller: by asking the upstream with the
+	// caller's credentials (verify, the default) or by trusting a Caddy
+	// authentication handler placed before this one (trust). A caller the
+	// upstream would refuse gets the upstream's refusal and nothing else
+	// (see access.Config and docs/security.md).
+	Auth *access.Config `json:"auth,omitempty"`
+
+	// MaxIDsPerBody bounds how many distinct session ids the handler looks
+	// up to rewrite one request body (mapping mode). A body naming more is
+	// refused with 413 before any is looked up, like a body over
+	// max_body_size. Default: 1000.
+	MaxIDsPerBody int `json:"max_ids_per_body,omitempty"`
+
 	// Events configures resumable event streams on GET /event and
 	// /global/event: ids on every event, replay after Last-Event-ID, one
 	// upstream subscription per stream shared by its clients (see
@@ -138,6 +154,7 @@ type Handler struct {
 	observe       func(*http.Request, *upstream.Route) // fleet.Observe, the Done of every route
 	streams       *events.Streams
 	prompts       *idempotency.Prompts
+	gate          *access.Gate
 	logger        *zap.Logger
 }
 
@@ -162,6 +179,7 @@ const (
 	defaultMaxBufferSize = 4 << 20
 	defaultNegativeTTL   = 2 * time.Second
 	defaultCacheTTL      = 30 * time.Second
+	defaultMaxIDsPerBody = 1000
 )
 
 type pooledIndex struct{ *idmap.Index }
@@ -231,6 +249,12 @@ func (h *Handler) setDefaults() {
 	if h.NegativeTTL == 0 {
 		h.NegativeTTL = caddy.Duration(defaultNegativeTTL)
 	}
+	if h.MaxIDsPerBody == 0 {
+		h.MaxIDsPerBody = defaultMaxIDsPerBody
+	}
+	if h.Auth == nil {
+		h.Auth = new(access.Config)
+	}
 	if h.Events == nil {
 		h.Events = new(events.Config)
 	}
@@ -256,6 +280,12 @@ func (h *Handler) setup(index *idmap.Index, storageKey string) error {
 		h.ids, h.createSession = directIDs{}, h.createDirect
 	default:
 		h.ids, h.createSession = mappedIDs{h}, h.createMapped
+	}
+	if err := h.Auth.Provision(); err != nil {
+		return err
+	}
+	if h.gate, err = access.New(*h.Auth, h.Namespace, index.Store.Secret, h.logger); err != nil {
+		return err
 	}
 	h.fleet = fleet.New(h.Namespace, index, h.logger)
 	h.observe = h.fleet.Observe // one method value, not one per request
@@ -284,7 +314,7 @@ func (h *Handler) Validate() error {
 	if h.Mode != ModeMapping && h.Mode != ModeDirect {
 		return fmt.Errorf("unknown mode %q: want mapping or direct", h.Mode)
 	}
-	if h.MaxBodySize < 0 || h.MaxBufferSize < 0 || h.CacheEntries < 0 {
+	if h.MaxBodySize < 0 || h.MaxBufferSize < 0 || h.CacheEntries < 0 || h.MaxIDsPerBody < 0 {
 		return fmt.Errorf("sizes must not be negative")
 	}
 	return nil
@@ -294,6 +324,9 @@ func (h *Handler) Validate() error {
 func (h *Handler) Cleanup() error {
 	if h.prompts != nil {
 		h.prompts.Close()
+	}
+	if h.gate != nil {
+		h.gate.Close()
 	}
 	if h.streams != nil {
 		h.streams.Close()

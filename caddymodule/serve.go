@@ -24,18 +24,24 @@ import (
 //  2. Every request gets its route (upstream.Route), through which the
 //     policy reports the pool; the fleet learns from it when the request is
 //     done.
-//  3. A request with an Upgrade header (websockets: terminal sessions) goes
-//     on untouched: a wrapped writer would get in the way of the upgrade.
-//  4. These are answered before any routing: GET /doc (the upstream's
+//  3. The caller is admitted or refused (access.Gate): a caller the
+//     upstream would refuse gets the upstream's refusal, before anything is
+//     read, looked up or answered from records.
+//  4. A request with an Upgrade header on the one route that upgrades
+//     (/pty/{id}/connect, a terminal's websocket) goes on with only the ids
+//     of its query rewritten: a wrapped writer would get in the way of the
+//     upgrade. On any other route the Upgrade header is dropped and the
+//     request handled like any other.
+//  5. These are answered before any routing: GET /doc (the upstream's
 //     OpenAPI document with what the handler adds); POST /session and
 //     /api/session (a create under the client's id, else an ordinary create
 //     placed by the fleet); GET /event and /global/event (resumable streams,
 //     or with events off and several workers each client's own merged
 //     stream); with several workers, the fleet-wide reads (fleet.IsRead).
-//  5. Every other request is pointed at the worker of the session its path
+//  6. Every other request is pointed at the worker of the session its path
 //     names, found if need be; a session whose worker cannot be known or is
 //     not configured is answered 503 here.
-//  6. Then, by what the request is: DELETE of a session; POST
+//  7. Then, by what the request is: DELETE of a session; POST
 //     /session/{id}/fork (placed on the parent's worker); with
 //     create_missing, the session of an unknown well-formed id is created
 //     first (and the request routed again, to the worker its create chose);
@@ -47,8 +53,16 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return nil
 	}
 	rt := upstream.Attach(r, h.observe)
+	admitted, err := h.gate.Admit(w, r, next)
+	if admitted == nil {
+		return err
+	}
+	r = admitted
 	if r.Header.Get("Upgrade") != "" {
-		return next.ServeHTTP(w, r)
+		if isUpgradeRoute(r.URL.Path) {
+			return h.proxyUpgrade(w, r, next, rt)
+		}
+		dropUpgrade(r) // nothing else upgrades: an ordinary request
 	}
 	switch {
 	case r.Method == http.MethodGet && r.URL.Path == "/doc":

@@ -32,7 +32,7 @@ func (f *Fleet) Route(w http.ResponseWriter, r *http.Request, next caddyhttp.Han
 		apierror.Upstream(w, http.StatusServiceUnavailable, unknown.Error())
 		return false
 	case err != nil:
-		apierror.Storage(w, "session id mapping could not be read: "+err.Error())
+		apierror.Storage(w, "session id mapping could not be read")
 		return false
 	}
 	if worker != "" && !f.configured(w, id, worker) {

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"strings"
 
+	"github.com/sessionid/caddy-sessionid/access"
 	"github.com/sessionid/caddy-sessionid/idmap"
 	"github.com/sessionid/caddy-sessionid/internal/apierror"
 	"github.com/sessionid/caddy-sessionid/internal/upstream"
@@ -37,12 +38,17 @@ func (p *Prompts) parsePrompt(w http.ResponseWriter, r *http.Request, sessionID 
 			return nil, false
 		}
 	}
+	if err := p.ids.CheckIDs([]byte(r.URL.RawQuery), body); err != nil {
+		upstream.BodyRefused(w, err, p.maxBody)
+		return nil, false
+	}
 	print, err := idmap.NewFingerprint(route.name, r.URL.RawQuery, body)
 	if err != nil {
 		apierror.BadRequest(w, err.Error(), nil)
 		return nil, false
 	}
-	req := &keyedRequest{sessionID: sessionID, key: key, route: route, body: body, print: print}
+	caller, _ := access.CallerOf(r)
+	req := &keyedRequest{sessionID: sessionID, caller: caller.ID, key: key, route: route, body: body, print: print}
 	var fields map[string]json.RawMessage
 	_ = json.Unmarshal(body, &fields)
 	if raw, ok := fields[route.idField]; ok {

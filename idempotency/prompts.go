@@ -96,6 +96,9 @@ type IDs interface {
 	// ToUpstream rewrites the client's ids in a body or a query into the
 	// upstream's.
 	ToUpstream(ctx context.Context, b []byte) ([]byte, error)
+	// CheckIDs refuses, with an upstream.TooManyIDsError, a query and body
+	// naming more distinct ids than one request may have looked up.
+	CheckIDs(parts ...[]byte) error
 	// Relay answers the client with an answer of the upstream's, its ids
 	// rewritten into the client's; replayed marks it Idempotent-Replayed.
 	Relay(w http.ResponseWriter, r *http.Request, answer *upstream.Answer, replayed bool)
@@ -181,6 +184,7 @@ func (p *Prompts) Keyed(r *http.Request) (string, Route, bool) {
 // keyedRequest is one keyed prompt, parsed.
 type keyedRequest struct {
 	sessionID string // the client's
+	caller    string // access.Caller's ID: whose record it is
 	key       string
 	route     Route
 	body      []byte
@@ -199,7 +203,7 @@ func (p *Prompts) Serve(w http.ResponseWriter, r *http.Request, next caddyhttp.H
 	r.Header.Del(KeyHeader) // the upstream has no use for it
 	log := p.logger.With(zap.String("session_id", sessionID), zap.String("idempotency_key", req.key))
 	lockCtx, cancel := context.WithTimeout(r.Context(), time.Duration(p.config.Wait))
-	unlock, err := p.index.Lock(lockCtx, idmap.PromptLockName(sessionID, req.key))
+	unlock, err := p.index.Lock(lockCtx, idmap.PromptLockName(sessionID, req.caller, req.key))
 	cancel()
 	switch {
 	case err != nil && r.Context().Err() != nil:
@@ -210,7 +214,7 @@ func (p *Prompts) Serve(w http.ResponseWriter, r *http.Request, next caddyhttp.H
 		return nil
 	case err != nil:
 		log.Error("could not lock idempotency key", zap.Error(err))
-		apierror.Storage(w, "could not lock the Idempotency-Key: "+err.Error())
+		apierror.Storage(w, "could not lock the Idempotency-Key")
 		return nil
 	}
 	defer unlock()
@@ -221,7 +225,7 @@ func (p *Prompts) Serve(w http.ResponseWriter, r *http.Request, next caddyhttp.H
 
 	rec, found, err := p.loadPrompt(ctx, req)
 	if err != nil {
-		apierror.Storage(w, "the Idempotency-Key record could not be read: "+err.Error())
+		apierror.Storage(w, "the Idempotency-Key record could not be read")
 		return nil
 	}
 	if found {
@@ -241,7 +245,7 @@ func (p *Prompts) Serve(w http.ResponseWriter, r *http.Request, next caddyhttp.H
 // loadPrompt reads the record of a key, treating one that expired or belongs
 // to an earlier session of the same id as absent (and removing it).
 func (p *Prompts) loadPrompt(ctx context.Context, req *keyedRequest) (idmap.Prompt, bool, error) {
-	rec, err := p.index.Store.LoadPrompt(ctx, req.sessionID, req.key)
+	rec, err := p.index.Store.LoadPrompt(ctx, req.sessionID, req.caller, req.key)
 	if errors.Is(err, idmap.ErrNotFound) {
 		return rec, false, nil
 	}
@@ -253,7 +257,7 @@ func (p *Prompts) loadPrompt(ctx context.Context, req *keyedRequest) (idmap.Prom
 		return rec, false, err
 	}
 	if rec.Expired(time.Now()) || !rec.SessionCreated.Equal(created) {
-		if err := p.index.Store.RemovePrompt(ctx, req.sessionID, req.key); err != nil {
+		if err := p.index.Store.RemovePrompt(ctx, req.sessionID, req.caller, req.key); err != nil {
 			return rec, false, err
 		}
 		return idmap.Prompt{}, false, nil
@@ -282,7 +286,7 @@ func (p *Prompts) firstPrompt(w http.ResponseWriter, r *http.Request, next caddy
 	}
 	now := time.Now().UTC()
 	rec := idmap.Prompt{
-		SessionID: req.sessionID, Key: req.key, Fingerprint: req.print, SessionCreated: created,
+		SessionID: req.sessionID, Caller: req.caller, Key: req.key, Fingerprint: req.print, SessionCreated: created,
 		MessageID: req.messageID, Started: now, Expires: now.Add(time.Duration(p.config.TTL)),
 	}
 	if rec.MessageID == "" {
@@ -300,7 +304,7 @@ func (p *Prompts) firstPrompt(w http.ResponseWriter, r *http.Request, next caddy
 		}
 	}
 	if err := p.index.Store.SavePrompt(ctx, rec); err != nil {
-		apierror.Storage(w, err.Error())
+		apierror.Storage(w, "the Idempotency-Key record could not be written")
 		return nil
 	}
 	return p.sendPrompt(w, r, next, req, rec, outcomeSent)

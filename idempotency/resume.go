@@ -88,7 +88,7 @@ func (p *Prompts) resumePrompt(w http.ResponseWriter, r *http.Request, next cadd
 	log.Info("an interrupted keyed prompt never reached the upstream; sending it")
 	rec.Started = time.Now().UTC()
 	if err := p.index.Store.SavePrompt(r.Context(), rec); err != nil {
-		apierror.Storage(w, err.Error())
+		apierror.Storage(w, "the Idempotency-Key record could not be written")
 		return nil
 	}
 	return p.sendPrompt(w, r, next, req, rec, outcomeResent)

@@ -61,7 +61,7 @@ func (p *Prompts) settlePrompt(w http.ResponseWriter, r *http.Request, next cadd
 		}
 		p.count(outcome)
 	case answer.Status < http.StatusInternalServerError:
-		if err := p.index.Store.RemovePrompt(ctx, req.sessionID, req.key); err != nil {
+		if err := p.index.Store.RemovePrompt(ctx, req.sessionID, req.caller, req.key); err != nil {
 			log.Warn("could not remove the record of a refused prompt", zap.Error(err))
 		}
 	default:

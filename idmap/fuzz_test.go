@@ -138,3 +138,35 @@ func FuzzValidate(f *testing.F) {
 		}
 	})
 }
+
+// FuzzEachTokenVisitsWhatReplaceLooksUp: the scan that bounds how many ids
+// a body may name sees every token the rewriter would look up (but for a
+// bare prefix), in order, so a body cannot name more ids than were counted.
+func FuzzEachTokenVisitsWhatReplaceLooksUp(f *testing.F) {
+	for _, seed := range []string{`{"id":"ses_a","p":"ses_b"}`, `ses_`, `xses_a ses_a-ses_b`, "ses_" + strings.Repeat("z", 80)} {
+		f.Add([]byte(seed))
+	}
+	f.Fuzz(func(t *testing.T, src []byte) {
+		var looked, visited []string
+		Replace(src, func(token []byte) (string, bool) {
+			if len(token) > len(Prefix) {
+				looked = append(looked, string(token))
+			}
+			return "", false
+		})
+		EachToken(src, func(token []byte) bool {
+			visited = append(visited, string(token))
+			return true
+		})
+		if strings.Join(looked, "\x00") != strings.Join(visited, "\x00") {
+			t.Fatalf("Replace looked up %q, EachToken visited %q", looked, visited)
+		}
+		distinct := map[string]bool{}
+		for _, v := range visited {
+			distinct[v] = true
+		}
+		if n := len(distinct); n > 0 && (!TooManyTokens(n-1, src) || TooManyTokens(n, src)) {
+			t.Fatalf("%d distinct tokens: TooManyTokens(%d)=%v, TooManyTokens(%d)=%v", n, n-1, TooManyTokens(n-1, src), n, TooManyTokens(n, src))
+		}
+	})
+}

@@ -126,7 +126,11 @@ func (f Fingerprint) Diff(other Fingerprint) []string {
 // means the prompt may or may not have reached the upstream; the message id
 // lets the upstream say which.
 type Prompt struct {
-	SessionID   string      `json:"session_id"` // the client's session id
+	SessionID string `json:"session_id"` // the client's session id
+	// Caller names who sent the prompt (access.Caller: an HMAC of its
+	// credentials): the record is theirs alone. Another caller's prompt
+	// with the same key is another prompt with a record of its own.
+	Caller      string      `json:"caller,omitempty"`
 	Key         string      `json:"key"`
 	Fingerprint Fingerprint `json:"fingerprint"`
 	// SessionCreated is when the session's mapping (or direct-mode record)
@@ -153,30 +157,36 @@ type Prompt struct {
 func (p Prompt) Expired(now time.Time) bool { return !p.Expires.IsZero() && now.After(p.Expires) }
 
 // PromptLockName is the name under which Index.Lock serialises the requests
-// of one key on one session.
-func PromptLockName(sessionID, key string) string {
-	return "idempotency/" + sessionID + "/" + keyDigest(key)
+// of one caller's key on one session.
+func PromptLockName(sessionID, caller, key string) string {
+	return "idempotency/" + sessionID + "/" + keyDigest(caller, key)
 }
 
-// keyDigest names a key in storage keys: keys may hold characters ("/",
-// "..") that storage backends treat specially.
-func keyDigest(key string) string {
+// keyDigest names a caller's key in storage keys: keys may hold characters
+// ("/", "..") that storage backends treat specially.
+func keyDigest(caller, key string) string {
+	if caller != "" {
+		key = caller + "\x00" + key
+	}
 	sum := sha256.Sum256([]byte(key))
 	return hex.EncodeToString(sum[:])
 }
 
 // The records of keyed prompts live beside the mappings:
 //
-//	<root>/<namespace>/idempotency/<session id>/<sha256 of the key>
-func (s *Store) promptKey(sessionID, key string) string {
-	return s.prefix + "/idempotency/" + sessionID + "/" + keyDigest(key)
+//	<root>/<namespace>/idempotency/<session id>/<sha256 of caller and key>
+func (s *Store) promptKey(sessionID, caller, key string) string {
+	return s.prefix + "/idempotency/" + sessionID + "/" + keyDigest(caller, key)
 }
 
-// LoadPrompt returns the record of a key on a session.
-func (s *Store) LoadPrompt(ctx context.Context, sessionID, key string) (Prompt, error) {
+// LoadPrompt returns the record of a caller's key on a session.
+func (s *Store) LoadPrompt(ctx context.Context, sessionID, caller, key string) (Prompt, error) {
 	var p Prompt
-	err := s.loadJSON(ctx, s.promptKey(sessionID, key), &p)
-	if err == nil && p.Key != key {
+	if !storable(sessionID) {
+		return p, ErrNotFound
+	}
+	err := s.loadJSON(ctx, s.promptKey(sessionID, caller, key), &p)
+	if err == nil && (p.Key != key || p.Caller != caller) {
 		return Prompt{}, ErrNotFound // a digest collision: never replay another key's answer
 	}
 	return p, err
@@ -184,19 +194,22 @@ func (s *Store) LoadPrompt(ctx context.Context, sessionID, key string) (Prompt, 
 
 // SavePrompt stores a record durably.
 func (s *Store) SavePrompt(ctx context.Context, p Prompt) error {
+	if !storable(p.SessionID) {
+		return fmt.Errorf("prompt record of %q: %w", p.SessionID, errUnstorable)
+	}
 	raw, err := json.Marshal(p)
 	if err != nil {
 		return err
 	}
-	if err := s.put(ctx, s.promptKey(p.SessionID, p.Key), raw); err != nil {
+	if err := s.put(ctx, s.promptKey(p.SessionID, p.Caller, p.Key), raw); err != nil {
 		return fmt.Errorf("store prompt record of %q: %w", p.SessionID, err)
 	}
 	return nil
 }
 
-// RemovePrompt deletes the record of a key on a session, if any.
-func (s *Store) RemovePrompt(ctx context.Context, sessionID, key string) error {
-	return s.delete(ctx, s.promptKey(sessionID, key))
+// RemovePrompt deletes the record of a caller's key on a session, if any.
+func (s *Store) RemovePrompt(ctx context.Context, sessionID, caller, key string) error {
+	return s.delete(ctx, s.promptKey(sessionID, caller, key))
 }
 
 // RemovePrompts deletes every record of a session: certmagic storages delete

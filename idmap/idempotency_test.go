@@ -85,13 +85,13 @@ func TestPromptRecordsRoundTripAndGoWithTheirSession(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if p, err := index.Store.LoadPrompt(ctx, "ses_s", "b/../c"); err != nil || p.MessageID != "msg_x" {
+	if p, err := index.Store.LoadPrompt(ctx, "ses_s", "", "b/../c"); err != nil || p.MessageID != "msg_x" {
 		t.Fatalf("%+v %v", p, err)
 	}
 	if err := index.Store.RemovePrompts(ctx, "ses_s"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := index.Store.LoadPrompt(ctx, "ses_s", "a"); err != ErrNotFound {
+	if _, err := index.Store.LoadPrompt(ctx, "ses_s", "", "a"); err != ErrNotFound {
 		t.Fatalf("after the session's removal: %v", err)
 	}
 }
@@ -105,7 +105,7 @@ func TestSweepDeletesOnlyExpiredRecords(t *testing.T) {
 	if n, err := index.Store.SweepPrompts(ctx, now); n != 1 || err != nil {
 		t.Fatalf("swept %d, %v", n, err)
 	}
-	if _, err := index.Store.LoadPrompt(ctx, "ses_t", "new"); err != nil {
+	if _, err := index.Store.LoadPrompt(ctx, "ses_t", "", "new"); err != nil {
 		t.Fatalf("a live record was swept: %v", err)
 	}
 }

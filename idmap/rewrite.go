@@ -157,3 +157,47 @@ func (w *Writer) Close() error {
 
 // Replaced returns how many tokens were replaced so far.
 func (w *Writer) Replaced() int64 { return w.rw.Replaced() }
+
+// EachToken calls visit with every token of a complete buffer, in order,
+// without copying it, until visit returns false. It finds the tokens Replace
+// looks up, but for a bare prefix, which no id is.
+func EachToken(src []byte, visit func(token []byte) bool) {
+	from := 0
+	for {
+		k := bytes.Index(src[from:], prefix)
+		if k < 0 {
+			return
+		}
+		start := from + k
+		if start > 0 && IsIDChar(src[start-1]) {
+			from = start + len(Prefix)
+			continue
+		}
+		end := start + len(Prefix)
+		for end < len(src) && IsIDChar(src[end]) {
+			end++
+		}
+		if end-start <= MaxTokenLen && end-start > len(Prefix) && !visit(src[start:end]) {
+			return
+		}
+		from = end
+	}
+}
+
+// TooManyTokens reports whether the buffers together hold more than max
+// distinct tokens; it stops counting at max+1.
+func TooManyTokens(max int, bufs ...[]byte) bool {
+	seen := map[string]struct{}{}
+	for _, b := range bufs {
+		EachToken(b, func(token []byte) bool {
+			if _, ok := seen[string(token)]; !ok {
+				seen[string(token)] = struct{}{}
+			}
+			return len(seen) <= max
+		})
+		if len(seen) > max {
+			return true
+		}
+	}
+	return false
+}

@@ -88,17 +88,31 @@ func NewStore(storage Storage, namespace string) *Store {
 // ErrNotFound is returned for an id without a mapping or pending record.
 var ErrNotFound = errors.New("not found")
 
+var errUnstorable = errors.New("not an id of the token shape, which alone names storage keys")
+
 func (s *Store) key(kind, id string) string { return s.prefix + "/" + kind + "/" + id }
+
+// storable reports whether an id may name a storage key: only an id of the
+// token shape (prefix and id characters) can, so that nothing a client puts
+// in a path (".." or "a/b") ever reaches the storage as part of a key.
+// Every id the handler stores has that shape; any other is never found.
+func storable(id string) bool { return IsToken(id) }
 
 // Load returns the mapping of a client id.
 func (s *Store) Load(ctx context.Context, clientID string) (Mapping, error) {
 	var m Mapping
+	if !storable(clientID) {
+		return m, ErrNotFound
+	}
 	err := s.loadJSON(ctx, s.key("client", clientID), &m)
 	return m, err
 }
 
 // ClientOf returns the client id mapped to a real id.
 func (s *Store) ClientOf(ctx context.Context, realID string) (string, error) {
+	if !storable(realID) {
+		return "", ErrNotFound
+	}
 	raw, err := s.load(ctx, s.key("real", realID))
 	if err != nil {
 		return "", err
@@ -117,6 +131,9 @@ func (s *Store) ClientOf(ctx context.Context, realID string) (string, error) {
 // Save stores a mapping durably: when it returns nil, the mapping survives a
 // crash of this process.
 func (s *Store) Save(ctx context.Context, m Mapping) error {
+	if !storable(m.ClientID) || !storable(m.RealID) {
+		return fmt.Errorf("mapping %q → %q: %w", m.ClientID, m.RealID, errUnstorable)
+	}
 	if err := s.put(ctx, s.key("real", m.RealID), []byte(m.ClientID)); err != nil {
 		return fmt.Errorf("store index of %q: %w", m.ClientID, err)
 	}
@@ -144,12 +161,18 @@ func (s *Store) Remove(ctx context.Context, m Mapping) error {
 // LoadPending returns the pending create of a client id.
 func (s *Store) LoadPending(ctx context.Context, clientID string) (Pending, error) {
 	var p Pending
+	if !storable(clientID) {
+		return p, ErrNotFound
+	}
 	err := s.loadJSON(ctx, s.key("pending", clientID), &p)
 	return p, err
 }
 
 // SavePending records a create about to be sent upstream.
 func (s *Store) SavePending(ctx context.Context, p Pending) error {
+	if !storable(p.ClientID) {
+		return fmt.Errorf("pending create of %q: %w", p.ClientID, errUnstorable)
+	}
 	raw, err := json.Marshal(p)
 	if err != nil {
 		return err
@@ -167,6 +190,9 @@ func (s *Store) RemovePending(ctx context.Context, clientID string) error {
 
 // LoadWorker returns the recorded worker of an upstream session.
 func (s *Store) LoadWorker(ctx context.Context, realID string) (string, error) {
+	if !storable(realID) {
+		return "", ErrNotFound
+	}
 	raw, err := s.load(ctx, s.key("worker", realID))
 	return string(raw), err
 }
@@ -176,6 +202,9 @@ func (s *Store) LoadWorker(ctx context.Context, realID string) (string, error) {
 // worker directly, or mapped before workers were recorded. Upstream ids are
 // never reused, so a record outliving its session misleads no one.
 func (s *Store) SaveWorker(ctx context.Context, realID, worker string) error {
+	if !storable(realID) {
+		return fmt.Errorf("worker of %q: %w", realID, errUnstorable)
+	}
 	if err := s.put(ctx, s.key("worker", realID), []byte(worker)); err != nil {
 		return fmt.Errorf("store worker of %q: %w", realID, err)
 	}

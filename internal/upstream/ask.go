@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"strconv"
+	"strings"
 	"sync"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -36,7 +38,7 @@ func AskWorker(r *http.Request, next caddyhttp.Handler, worker, method, path, ra
 func do(sub *http.Request, next caddyhttp.Handler, method, path, rawQuery string, body []byte) (*Answer, error) {
 	sub = sub.Clone(sub.Context())
 	sub.Method = method
-	sub.URL.Path, sub.URL.RawPath, sub.URL.RawQuery = path, "", rawQuery
+	sub.URL.Path, sub.URL.RawPath, sub.URL.RawQuery = path, "", withCredentials(rawQuery, sub.URL.RawQuery)
 	sub.RequestURI = sub.URL.RequestURI()
 	sub.Header.Del("Accept-Encoding")
 	sub.Header.Del("Content-Encoding")
@@ -68,6 +70,33 @@ func do(sub *http.Request, next caddyhttp.Handler, method, path, rawQuery string
 		answer.Status = http.StatusOK
 	}
 	return answer, nil
+}
+
+// credentialParam is where opencode takes credentials in a query (for
+// clients that cannot set headers): the base64 of user:password.
+const credentialParam = "auth_token"
+
+// withCredentials is the query of a request of the module's own made for a
+// client: rawQuery, with the client's auth_token (from clientQuery) when
+// rawQuery has none, so that the upstream serves the module's request as it
+// serves the client's, wherever the client put its credentials.
+func withCredentials(rawQuery, clientQuery string) string {
+	if !strings.Contains(clientQuery, credentialParam) {
+		return rawQuery
+	}
+	if q, err := url.ParseQuery(rawQuery); err == nil && q.Has(credentialParam) {
+		return rawQuery
+	}
+	client, _ := url.ParseQuery(clientQuery)
+	tokens := client[credentialParam]
+	if len(tokens) == 0 {
+		return rawQuery
+	}
+	add := url.Values{credentialParam: tokens}.Encode()
+	if rawQuery == "" {
+		return add
+	}
+	return rawQuery + "&" + add
 }
 
 // WorkerAnswer is one worker's answer to a request sent to every worker.

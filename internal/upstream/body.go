@@ -17,6 +17,14 @@ var (
 	ErrBodyEncoding = errors.New("unsupported request Content-Encoding")
 )
 
+// TooManyIDsError refuses a request that names more distinct session ids
+// than the handler looks up for one request.
+type TooManyIDsError struct{ Max int }
+
+func (e TooManyIDsError) Error() string {
+	return fmt.Sprintf("the request names more than %d distinct session ids, the most this proxy looks up for one request", e.Max)
+}
+
 // ReadBody reads a client's request body of at most limit bytes (after
 // decoding gzip) and leaves the request without a Content-Encoding.
 func ReadBody(r *http.Request, limit int64) ([]byte, error) {
@@ -51,6 +59,8 @@ func BodyRefused(w http.ResponseWriter, err error, limit int64) {
 	case errors.Is(err, ErrBodyTooLarge):
 		apierror.Write(w, http.StatusRequestEntityTooLarge, "PayloadTooLarge",
 			fmt.Sprintf("request body is over the %d bytes this proxy reads", limit), nil)
+	case errors.As(err, new(TooManyIDsError)):
+		apierror.Write(w, http.StatusRequestEntityTooLarge, "PayloadTooLarge", err.Error(), nil)
 	case errors.Is(err, ErrBodyEncoding):
 		apierror.Write(w, http.StatusUnsupportedMediaType, "UnsupportedMediaType", err.Error(), nil)
 	default:
