@@ -24,7 +24,9 @@ type Config struct {
 	// credentials, to learn whether the upstream serves the caller: a 401 or
 	// 403 refuses the caller (with that answer), a 5xx or a failure to reach
 	// the upstream is answered as it came and not remembered, anything else
-	// admits the caller. Default: /global/health.
+	// admits the caller. Requests to /api/ routes are verified with GET
+	// /api/health, whose refusal is the one those routes give. Default:
+	// /global/health.
 	VerifyURI string `json:"verify_uri,omitempty"`
 
 	// VerifiedFor is how long a caller the upstream served is admitted
@@ -43,7 +45,11 @@ type Config struct {
 
 // Defaults of Config.
 const (
-	DefaultVerifyURI   = "/global/health"
+	DefaultVerifyURI = "/global/health"
+	// APIVerifyURI is what requests to opencode's /api routes are verified
+	// with: those routes refuse in a shape of their own (a JSON body), which
+	// a refused caller gets.
+	APIVerifyURI       = "/api/health"
 	defaultVerifiedFor = 30 * time.Second
 	defaultRefusedFor  = 5 * time.Second
 	defaultMaxCallers  = 10000

@@ -1,7 +1,6 @@
 package access
 
 import (
-	"encoding/base64"
 	"net/http"
 	"net/url"
 	"strings"
@@ -13,11 +12,12 @@ import (
 const TokenParam = "auth_token"
 
 // credentials returns what identifies a caller to the upstream, in one
-// form wherever the caller put it: "basic:" and the decoded user:password
-// for a basic Authorization header or an auth_token alone (so the two ways
-// of sending one password are one caller), the header and every token as
-// sent when there are both or when they do not decode, and "" for a caller
-// that sent none.
+// form for the two ways opencode takes one password: "basic:" and the token
+// for an Authorization header "Basic <token>" alone or an auth_token alone
+// (opencode reads auth_token=<token> as that header). Anything else (another
+// scheme or spelling, both at once, several) is kept whole, as sent: two
+// spellings the upstream might tell apart are never one caller. "" is a
+// caller that sent none.
 func credentials(header http.Header, query url.Values) string {
 	authorization := header.Values("Authorization")
 	tokens := query[TokenParam]
@@ -25,15 +25,11 @@ func credentials(header http.Header, query url.Values) string {
 	case len(authorization) == 0 && len(tokens) == 0:
 		return ""
 	case len(authorization) == 1 && len(tokens) == 0:
-		if scheme, value, ok := strings.Cut(strings.TrimSpace(authorization[0]), " "); ok && strings.EqualFold(scheme, "basic") {
-			if decoded, ok := decodeBasic(value); ok {
-				return "basic:" + decoded
-			}
+		if token, ok := strings.CutPrefix(authorization[0], "Basic "); ok && token != "" {
+			return "basic:" + token
 		}
-	case len(authorization) == 0 && len(tokens) == 1:
-		if decoded, ok := decodeBasic(tokens[0]); ok {
-			return "basic:" + decoded
-		}
+	case len(authorization) == 0 && len(tokens) == 1 && tokens[0] != "":
+		return "basic:" + tokens[0]
 	}
 	var b strings.Builder
 	b.WriteString("raw")
@@ -44,12 +40,4 @@ func credentials(header http.Header, query url.Values) string {
 		b.WriteString("\x00q:" + v)
 	}
 	return b.String()
-}
-
-func decodeBasic(value string) (string, bool) {
-	decoded, err := base64.StdEncoding.DecodeString(strings.TrimSpace(value))
-	if err != nil {
-		return "", false
-	}
-	return string(decoded), true
 }

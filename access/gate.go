@@ -99,14 +99,21 @@ func (g *Gate) Admit(w http.ResponseWriter, r *http.Request, next caddyhttp.Hand
 		return g.admitTrusted(w, r)
 	}
 	creds := credentials(r.Header, tokens(r))
-	key := string(g.mac(g.local, creds))
+	// A refusal depends on the route family (opencode's /api routes refuse
+	// with a JSON body, the others with none) and on the Origin (CORS
+	// headers): each is verified, and remembered, on its own.
+	uri := g.config.VerifyURI
+	if strings.HasPrefix(r.URL.Path, "/api/") {
+		uri = APIVerifyURI
+	}
+	key := string(g.mac(g.local, uri+"\x00"+r.Header.Get("Origin")+"\x00"+creds))
 	v, ok := g.verdicts.Get(key)
 	if !ok {
 		result, err, _ := g.flight.Do(key, func() (any, error) {
 			if v, ok := g.verdicts.Get(key); ok {
 				return v, nil
 			}
-			v, err := g.verify(r, next, creds)
+			v, err := g.verify(r, next, uri, creds)
 			if err != nil {
 				return nil, err
 			}
@@ -156,7 +163,7 @@ func (g *Gate) admitTrusted(w http.ResponseWriter, r *http.Request) (*http.Reque
 
 // verify asks the upstream whether it serves creds, with the caller's own
 // headers and tokens and nothing of its request else.
-func (g *Gate) verify(r *http.Request, next caddyhttp.Handler, creds string) (*verdict, error) {
+func (g *Gate) verify(r *http.Request, next caddyhttp.Handler, uri, creds string) (*verdict, error) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), verifyTimeout)
 	defer cancel()
 	sub := r.WithContext(ctx)
@@ -166,9 +173,9 @@ func (g *Gate) verify(r *http.Request, next caddyhttp.Handler, creds string) (*v
 		sub.Header.Del(name)
 	}
 	sub.Header.Set("Accept", "application/json")
-	answer, _, err := upstream.AskWorker(sub, next, "", http.MethodGet, g.config.VerifyURI, "", nil)
+	answer, _, err := upstream.AskWorker(sub, next, "", http.MethodGet, uri, "", nil)
 	if err != nil {
-		g.logger.Warn("could not verify a caller with the upstream", zap.String("uri", g.config.VerifyURI), zap.Error(err))
+		g.logger.Warn("could not verify a caller with the upstream", zap.String("uri", uri), zap.Error(err))
 		return nil, err
 	}
 	switch {
@@ -177,7 +184,7 @@ func (g *Gate) verify(r *http.Request, next caddyhttp.Handler, creds string) (*v
 		return &verdict{refusal: answer}, nil
 	case answer.Status >= 500:
 		verdictMetrics.WithLabelValues(g.namespace, outcomeFailed).Inc()
-		return nil, caddyhttp.Error(answer.Status, fmt.Errorf("verifying a caller: GET %s answered %d", g.config.VerifyURI, answer.Status))
+		return nil, caddyhttp.Error(answer.Status, fmt.Errorf("verifying a caller: GET %s answered %d", uri, answer.Status))
 	}
 	caller, err := g.caller(ctx, creds)
 	if err != nil {

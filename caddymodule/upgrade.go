@@ -6,6 +6,9 @@ import (
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
+	"github.com/sessionid/caddy-sessionid/events"
+	"github.com/sessionid/caddy-sessionid/fleet"
+	"github.com/sessionid/caddy-sessionid/idmap"
 	"github.com/sessionid/caddy-sessionid/internal/upstream"
 )
 
@@ -46,4 +49,27 @@ func (h *Handler) proxyUpgrade(w http.ResponseWriter, r *http.Request, next cadd
 		return nil
 	}
 	return h.fleet.Routed(w, r, rt, next.ServeHTTP(w, r), false)
+}
+
+// passesUntouched reports whether the handler does nothing for a request
+// before the upstream answers it, so that the upstream alone decides whether
+// to serve its caller: a CORS preflight; a terminal's websocket whose query
+// names no session; a GET or HEAD without a body whose path and query name
+// no session and that is none of the routes the handler answers itself
+// (/doc, the event streams, the fleet-wide reads).
+func passesUntouched(r *http.Request) bool {
+	switch {
+	case r.Method == http.MethodOptions:
+		return r.Header.Get("Upgrade") == ""
+	case strings.Contains(r.URL.RawQuery, idmap.Prefix):
+		return false
+	case r.Header.Get("Upgrade") != "":
+		return isUpgradeRoute(r.URL.Path)
+	case r.Method != http.MethodGet && r.Method != http.MethodHead,
+		r.ContentLength != 0 || len(r.TransferEncoding) > 0,
+		r.URL.Path == "/doc", events.IsStream(r.URL.Path), fleet.IsRead(r.URL.Path):
+		return false
+	}
+	_, _, names := sessionSegment(r.URL.Path)
+	return !names
 }

@@ -187,7 +187,16 @@ func EachToken(src []byte, visit func(token []byte) bool) {
 // TooManyTokens reports whether the buffers together hold more than max
 // distinct tokens; it stops counting at max+1.
 func TooManyTokens(max int, bufs ...[]byte) bool {
-	seen := map[string]struct{}{}
+	var seen map[string]struct{}
+	for _, b := range bufs {
+		if bytes.Contains(b, prefix) {
+			seen = map[string]struct{}{}
+			break
+		}
+	}
+	if seen == nil {
+		return false
+	}
 	for _, b := range bufs {
 		EachToken(b, func(token []byte) bool {
 			if _, ok := seen[string(token)]; !ok {
