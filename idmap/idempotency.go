@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"sort"
 	"strings"
 	"time"
@@ -252,5 +253,31 @@ func (s *Store) SweepPrompts(ctx context.Context, now time.Time) (int, error) {
 			deleted++
 		}
 	}
+	s.removeEmptyFolders(ctx, lister, s.prefix+"/idempotency")
 	return deleted, nil
+}
+
+// fileNamer is the part of certmagic.FileStorage that tells where a key is
+// on disk. Only a storage of files has folders a key leaves behind when it
+// is deleted; others (Redis) hold keys alone.
+type fileNamer interface{ Filename(key string) string }
+
+// removeEmptyFolders removes, from a file storage, the session folders of
+// records that are all gone, so that folders do not pile up one per session
+// that ever had a keyed prompt. A folder is removed with rmdir, which the
+// file system refuses for a folder that is not empty: a record written
+// meanwhile is never lost (a write racing the rmdir fails, before its
+// prompt is sent, and is answered as a storage error).
+func (s *Store) removeEmptyFolders(ctx context.Context, lister Lister, root string) {
+	files, ok := s.storage.(fileNamer)
+	if !ok {
+		return
+	}
+	folders, err := lister.List(ctx, root, false)
+	if err != nil {
+		return
+	}
+	for _, folder := range folders {
+		_ = os.Remove(files.Filename(folder)) // ENOTEMPTY for a folder in use
+	}
 }

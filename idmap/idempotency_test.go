@@ -109,3 +109,26 @@ func TestSweepDeletesOnlyExpiredRecords(t *testing.T) {
 		t.Fatalf("a live record was swept: %v", err)
 	}
 }
+
+func TestSweepLeavesNoFolderOfASessionWhoseRecordsAreGone(t *testing.T) {
+	ctx := context.Background()
+	index, storage := newTestIndex(t, 0)
+	now := time.Now()
+	index.Store.SavePrompt(ctx, Prompt{SessionID: "ses_gone", Key: "old", Expires: now.Add(-time.Second)})
+	index.Store.SavePrompt(ctx, Prompt{SessionID: "ses_live", Key: "old", Expires: now.Add(-time.Second)})
+	index.Store.SavePrompt(ctx, Prompt{SessionID: "ses_live", Key: "new", Expires: now.Add(time.Hour)})
+	if _, err := index.Store.SweepPrompts(ctx, now); err != nil {
+		t.Fatal(err)
+	}
+	folders, _ := storage.List(ctx, "session_ids/test/idempotency", false)
+	if len(folders) != 1 || !strings.HasSuffix(folders[0], "ses_live") {
+		t.Fatalf("folders left: %q, want only ses_live's", folders)
+	}
+	if _, err := index.Store.LoadPrompt(ctx, "ses_live", "", "new"); err != nil {
+		t.Fatalf("the live record went with the sweep: %v", err)
+	}
+	// A record written into a folder the sweep removed is stored anew.
+	if err := index.Store.SavePrompt(ctx, Prompt{SessionID: "ses_gone", Key: "again", Expires: now.Add(time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+}
