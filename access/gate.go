@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash"
 	"net/http"
 	"strconv"
 	"strings"
@@ -55,6 +56,7 @@ type Gate struct {
 	local     []byte // this process's: keys the verdicts, never leaves memory
 	binding   *binding
 	verdicts  *ristretto.Cache[string, *verdict]
+	macs      sync.Pool // of HMACs under local, reset between uses
 	flight    singleflight.Group
 	logger    *zap.Logger
 }
@@ -85,7 +87,9 @@ func New(config Config, namespace string, secret func(context.Context) ([]byte, 
 	if err != nil {
 		return nil, fmt.Errorf("auth: verdict cache: %w", err)
 	}
-	return &Gate{config: config, namespace: namespace, local: local, binding: &binding{load: secret}, verdicts: verdicts, logger: logger}, nil
+	g := &Gate{config: config, namespace: namespace, local: local, binding: &binding{load: secret}, verdicts: verdicts, logger: logger}
+	g.macs.New = func() any { return hmac.New(sha256.New, g.local) }
+	return g, nil
 }
 
 // Close releases the verdict cache.
@@ -106,7 +110,7 @@ func (g *Gate) Admit(w http.ResponseWriter, r *http.Request, next caddyhttp.Hand
 	if strings.HasPrefix(r.URL.Path, "/api/") {
 		uri = APIVerifyURI
 	}
-	key := string(g.mac(g.local, uri+"\x00"+r.Header.Get("Origin")+"\x00"+creds))
+	key := g.verdictKey(uri, r.Header.Get("Origin"), creds)
 	v, ok := g.verdicts.Get(key)
 	if !ok {
 		result, err, _ := g.flight.Do(key, func() (any, error) {
@@ -201,6 +205,20 @@ func (g *Gate) caller(ctx context.Context, creds string) (Caller, error) {
 		return Caller{}, caddyhttp.Error(http.StatusServiceUnavailable, errors.New("the storage could not be read"))
 	}
 	return Caller{ID: hex.EncodeToString(g.mac(secret, creds)[:16])}, nil
+}
+
+// verdictKey is the cache key of a verdict: an HMAC under this process's
+// secret of what the verdict depends on.
+func (g *Gate) verdictKey(uri, origin, creds string) string {
+	m := g.macs.Get().(hash.Hash)
+	defer g.macs.Put(m)
+	m.Reset()
+	for _, part := range []string{uri, origin, creds} {
+		m.Write([]byte(part))
+		m.Write([]byte{0})
+	}
+	var sum [sha256.Size]byte
+	return string(m.Sum(sum[:0]))
 }
 
 func (g *Gate) mac(secret []byte, creds string) []byte {

@@ -42,7 +42,7 @@ func (u *passwordUpstream) ServeHTTP(w http.ResponseWriter, r *http.Request) err
 	return nil
 }
 
-func newGate(t *testing.T, config Config) *Gate {
+func newGate(t testing.TB, config Config) *Gate {
 	t.Helper()
 	if err := config.Provision(); err != nil {
 		t.Fatal(err)

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -269,4 +270,97 @@ func caddyCPU(t *testing.T, c *caddy) time.Duration {
 	utime, _ := strconv.ParseInt(fields[11], 10, 64)
 	stime, _ := strconv.ParseInt(fields[12], 10, 64)
 	return time.Duration(utime+stime) * 10 * time.Millisecond // USER_HZ is 100 on Linux
+}
+
+// TestTrustAnAuthHandlerBefore: with `auth trust`, a basic_auth placed
+// before session_ids decides who is served, in front of an opencode without
+// a password; keyed prompts are each user's own, and a request that reached
+// session_ids without passing an auth handler is refused.
+func TestTrustAnAuthHandlerBefore(t *testing.T) {
+	model := startFakeModel(t)
+	oc := startOpencode(t, model, "")
+	hash := func(password string) string {
+		out, err := exec.Command(caddyBin, "hash-password", "--plaintext", password).Output()
+		if err != nil {
+			t.Fatalf("caddy hash-password: %v", err)
+		}
+		return strings.TrimSpace(string(out))
+	}
+	config := filepath.Join(t.TempDir(), "Caddyfile")
+	caddyfile := fmt.Sprintf(`{
+	admin {$ADMIN}
+}
+http://{$LISTEN} {
+	bind 127.0.0.1
+	route {
+		# The event streams are left out on purpose: a misconfiguration.
+		basic_auth /session* {
+			alice %s
+			bob %s
+		}
+		session_ids {
+			auth trust
+		}
+		reverse_proxy {$UPSTREAM} {
+			health_uri /global/health
+			health_interval 250ms
+			lb_try_duration 30s
+		}
+	}
+}
+`, hash("alice-pw"), hash("bob-pw"))
+	if err := os.WriteFile(config, []byte(caddyfile), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	proxy := startCaddyWith(t, caddyBin, config, oc.URL)
+	oc.waitHealthy(t)
+	as := func(user, password string) http.Header {
+		return http.Header{"Authorization": {"Basic " + basicAuth(user, password)}}
+	}
+	alice, bob := as("alice", "alice-pw"), as("bob", "bob-pw")
+
+	if r := (rawRequest{"POST", "/session", nil, jsonBody(map[string]any{"id": "ses_trusted"})}).send(t, proxy.URL); r.Status != 401 {
+		t.Fatalf("no credentials: %d, want basic_auth's 401", r.Status)
+	}
+	if r := (rawRequest{"POST", "/session", as("alice", "guess"), jsonBody(map[string]any{"id": "ses_trusted"})}).send(t, proxy.URL); r.Status != 401 {
+		t.Fatalf("a wrong password: %d, want basic_auth's 401", r.Status)
+	}
+	if r := (rawRequest{"POST", "/session", alice, jsonBody(map[string]any{"id": "ses_trusted"})}).send(t, proxy.URL); r.Status != 200 {
+		t.Fatalf("alice's create: %d %s", r.Status, r.Body)
+	}
+	// Mappings are everyone's: bob reads alice's session by its id.
+	if r := (rawRequest{"GET", "/session/ses_trusted", bob, nil}).send(t, proxy.URL); r.Status != 200 {
+		t.Fatalf("bob's read of the session: %d %s", r.Status, r.Body)
+	}
+
+	prompt := jsonBody(map[string]any{"parts": []any{map[string]any{"type": "text", "text": "hi"}}})
+	keyed := func(h http.Header) http.Header { return mergeHeader(h, http.Header{"Idempotency-Key": {"shared-key"}}) }
+	send := func(h http.Header) response {
+		return rawRequest{"POST", "/session/ses_trusted/message", keyed(h), prompt}.send(t, proxy.URL)
+	}
+	first, replay, bobs := send(alice), send(alice), send(bob)
+	if first.Status != 200 || replay.Header.Get("Idempotent-Replayed") != "true" {
+		t.Fatalf("alice's keyed prompt and its retry: %d, replayed=%q", first.Status, replay.Header.Get("Idempotent-Replayed"))
+	}
+	if bobs.Status != 200 || bobs.Header.Get("Idempotent-Replayed") != "" {
+		t.Fatalf("bob's prompt under alice's key: %d replayed=%q, want a prompt of his own", bobs.Status, bobs.Header.Get("Idempotent-Replayed"))
+	}
+	var messages []struct {
+		Info struct{ Role string } `json:"info"`
+	}
+	(rawRequest{"GET", "/session/ses_trusted/message", alice, nil}).send(t, proxy.URL).json(t, &messages)
+	users := 0
+	for _, m := range messages {
+		if m.Info.Role == "user" {
+			users++
+		}
+	}
+	if users != 2 {
+		t.Fatalf("%d user messages, want 2: alice's once, bob's once", users)
+	}
+
+	// A route without the auth handler is refused, not served to anyone.
+	if r := (rawRequest{"GET", "/event", nil, nil}).send(t, proxy.URL); r.Status != 401 {
+		t.Fatalf("/event without an auth handler on its route: %d, want 401", r.Status)
+	}
 }
