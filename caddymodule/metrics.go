@@ -4,6 +4,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/sessionid/caddy-sessionid/access"
 	"github.com/sessionid/caddy-sessionid/events"
 	"github.com/sessionid/caddy-sessionid/fleet"
 	"github.com/sessionid/caddy-sessionid/idempotency"
@@ -43,7 +44,7 @@ var sessionMetrics = struct {
 // registerAllMetrics adds the collectors of the handler and of its
 // subsystems to a config's registry.
 func registerAllMetrics(registry *prometheus.Registry) error {
-	for _, register := range []func(*prometheus.Registry) error{registerMetrics, fleet.RegisterMetrics, events.RegisterMetrics, idempotency.RegisterMetrics} {
+	for _, register := range []func(*prometheus.Registry) error{registerMetrics, access.RegisterMetrics, fleet.RegisterMetrics, events.RegisterMetrics, idempotency.RegisterMetrics} {
 		if err := register(registry); err != nil {
 			return err
 		}
