@@ -24,15 +24,16 @@ import (
 //  2. Every request gets its route (upstream.Route), through which the
 //     policy reports the pool; the fleet learns from it when the request is
 //     done.
-//  3. A request the handler spends nothing on before the upstream has
-//     answered it (passesUntouched: a CORS preflight, a GET without a body
-//     or an id that is not one of the routes below, a terminal's websocket
-//     naming no session) goes on as it is, its answer rewritten: the
-//     upstream alone decides whom it serves, as it would without the
-//     handler (opencode serves its web manifest and a websocket with a
-//     ticket to anyone). Every other caller is admitted or refused
-//     (access.Gate): a caller the upstream would refuse gets the upstream's
-//     refusal, before anything is read, looked up or answered from records.
+//  3. A CORS preflight goes on as it is. A request the handler spends
+//     nothing on before the upstream has answered it (passesUntouched: a
+//     GET without a body or an id that is not one of the routes below, a
+//     terminal's websocket naming no session) goes on with its answer
+//     rewritten: the upstream alone decides whom it serves, as it would
+//     without the handler (opencode serves its web manifest, and a
+//     websocket with a ticket, to anyone). Every other caller is admitted or
+//     refused (access.Gate): a caller the upstream would refuse gets the
+//     upstream's refusal, before anything is read, looked up or answered
+//     from records.
 //  4. A request with an Upgrade header on the one route that upgrades
 //     (/pty/{id}/connect, a terminal's websocket) goes on with only the ids
 //     of its query rewritten: a wrapped writer would get in the way of the
@@ -59,6 +60,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return nil
 	}
 	rt := upstream.Attach(r, h.observe)
+	if r.Method == http.MethodOptions && r.Header.Get("Upgrade") == "" {
+		return next.ServeHTTP(w, r) // a CORS preflight: no ids in its answer
+	}
 	if passesUntouched(r) {
 		if !h.route(w, r, next, rt) {
 			return nil

@@ -53,14 +53,12 @@ func (h *Handler) proxyUpgrade(w http.ResponseWriter, r *http.Request, next cadd
 
 // passesUntouched reports whether the handler does nothing for a request
 // before the upstream answers it, so that the upstream alone decides whether
-// to serve its caller: a CORS preflight; a terminal's websocket whose query
+// to serve its caller: a terminal's websocket whose query
 // names no session; a GET or HEAD without a body whose path and query name
 // no session and that is none of the routes the handler answers itself
 // (/doc, the event streams, the fleet-wide reads).
 func passesUntouched(r *http.Request) bool {
 	switch {
-	case r.Method == http.MethodOptions:
-		return r.Header.Get("Upgrade") == ""
 	case strings.Contains(r.URL.RawQuery, idmap.Prefix):
 		return false
 	case r.Header.Get("Upgrade") != "":
