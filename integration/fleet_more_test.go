@@ -76,10 +76,10 @@ func TestFleetOfTwoCaddysOnRedis(t *testing.T) {
 				}
 			}
 		}
-		listed := string(call(t, "GET", b.URL+"/session?limit=100000", nil, "").Body)
+		list := call(t, "GET", b.URL+"/session?limit=100000", nil, "")
 		for _, sid := range ids {
-			if !strings.Contains(listed, `"id":"`+sid+`"`) {
-				t.Errorf("node b's merged list lacks %s", sid)
+			if !strings.Contains(string(list.Body), `"id":"`+sid+`"`) {
+				t.Errorf("node b's merged list lacks %s (%d, missing workers %q)", sid, list.Status, list.Header.Get("Session-Ids-Missing-Workers"))
 			}
 		}
 		r := call(t, "POST", b.URL+"/session/"+ids[0]+"/prompt_async", map[string]any{"parts": []any{map[string]any{"type": "text", "text": "hi"}}}, "")
