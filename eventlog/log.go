@@ -8,7 +8,8 @@
 // cursor points before what is retained is told that events were lost, never
 // handed a silent gap. Because readers read from the one shared log instead
 // of each holding a queue of its own, a slow reader costs no memory: it
-// merely falls behind, and past the retained window it is told so.
+// merely falls behind, and past the retained window it is told so. Logs may
+// also share a Budget, one bound on what they retain together.
 //
 // The package knows nothing of HTTP; the event streams that use it are
 // package events.
@@ -28,6 +29,9 @@ type Limits struct {
 	Events int
 	Bytes  int64
 	Age    time.Duration
+	// Total, when set, is a bound the Log shares with other Logs: see
+	// Budget.
+	Total *Budget
 }
 
 // Event is one event of a stream as it is sent: its lines and the blank
@@ -68,12 +72,14 @@ type Log struct {
 
 // New returns an empty Log with a fresh epoch.
 func New(limits Limits) *Log {
-	return &Log{
+	l := &Log{
 		epoch:  newEpoch(),
 		limits: limits,
 		now:    time.Now,
 		wake:   make(chan struct{}),
 	}
+	limits.Total.join(l)
+	return l
 }
 
 // newEpoch names a Log: 10 lower-case base32 characters, different for every
@@ -92,10 +98,16 @@ func (l *Log) Append(data []byte, transient bool) uint64 {
 	if l.closed {
 		return 0
 	}
+	n := int64(len(data)) + entryOverhead
+	l.makeRoom(n)
+	if l.closed { // while it took room from other Logs
+		l.limits.Total.give(n)
+		return 0
+	}
 	l.last++
 	ev := Event{Seq: l.last, Data: data, Transient: transient, At: l.now()}
 	l.ring = append(l.ring, ev)
-	l.bytes += size(ev)
+	l.bytes += n
 	l.evict(ev.At)
 	close(l.wake)
 	l.wake = make(chan struct{})
@@ -103,6 +115,54 @@ func (l *Log) Append(data []byte, transient bool) uint64 {
 }
 
 func size(ev Event) int64 { return int64(len(ev.Data)) + entryOverhead }
+
+// makeRoom counts n more bytes in the shared budget, if any. Room comes out
+// of this Log's own oldest events first; when it has none left, out of the
+// other Logs of the budget, theirs oldest first (each keeps its newest);
+// when no Log has anything left to give, n is counted over the limit. It is
+// called with l.mu held, and lets go of it while it takes from other Logs,
+// so that no two Logs' locks are ever held at once.
+func (l *Log) makeRoom(n int64) {
+	b := l.limits.Total
+	for !b.take(n) {
+		if l.head < len(l.ring) {
+			l.dropOldest()
+			continue
+		}
+		l.mu.Unlock()
+		gave := b.reclaim(l, n)
+		l.mu.Lock()
+		if !gave {
+			b.force(n)
+			return
+		}
+	}
+}
+
+// oldestSpare returns when the oldest event this Log could give up (any but
+// its newest) was appended; false when it has none to give.
+func (l *Log) oldestSpare() (time.Time, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.ring)-l.head < 2 {
+		return time.Time{}, false
+	}
+	return l.ring[l.head].At, true
+}
+
+// spare drops this Log's oldest events, keeping its newest, until n more
+// bytes fit in the budget; false when it dropped none.
+func (l *Log) spare(n int64) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	b := l.limits.Total
+	dropped := false
+	for len(l.ring)-l.head > 1 && !b.fits(n) {
+		l.dropOldest()
+		dropped = true
+	}
+	return dropped
+}
 
 // evict drops the oldest events while a limit is exceeded, keeping the newest.
 func (l *Log) evict(now time.Time) {
@@ -114,9 +174,7 @@ func (l *Log) evict(now time.Time) {
 		if !over {
 			break
 		}
-		l.bytes -= size(oldest)
-		l.ring[l.head] = Event{} // let its bytes go
-		l.head++
+		l.dropOldest()
 	}
 	// Compact once the dropped prefix is most of the slice, so the ring's
 	// memory follows what is retained.
@@ -126,6 +184,16 @@ func (l *Log) evict(now time.Time) {
 		l.ring = l.ring[:n]
 		l.head = 0
 	}
+}
+
+// dropOldest forgets the oldest event retained, giving its bytes back to
+// the shared budget.
+func (l *Log) dropOldest() {
+	n := size(l.ring[l.head])
+	l.bytes -= n
+	l.limits.Total.give(n)
+	l.ring[l.head] = Event{} // let its bytes go
+	l.head++
 }
 
 // Result is what a Read found.
@@ -153,7 +221,9 @@ func (l *Log) Read(cursor uint64, max int) Result {
 	res := Result{Wake: l.wake, Closed: l.closed}
 	retained := l.ring[l.head:]
 	if len(retained) == 0 || cursor >= l.last {
-		res.Lost = len(retained) == 0 && cursor < l.last
+		// A closed Log has let its events go: the reader is told it ended,
+		// not that it lost them.
+		res.Lost = len(retained) == 0 && cursor < l.last && !l.closed
 		return res
 	}
 	first := retained[0].Seq
@@ -199,14 +269,19 @@ func (l *Log) Size() (events int, bytes int64) {
 	return len(l.ring) - l.head, l.bytes
 }
 
-// Close ends the Log: readers are woken and told, and appends are ignored.
+// Close ends the Log: readers are woken and told, appends are ignored, and
+// what it retained is let go (and given back to the shared budget).
 func (l *Log) Close() {
 	l.mu.Lock()
-	defer l.mu.Unlock()
 	if l.closed {
+		l.mu.Unlock()
 		return
 	}
 	l.closed = true
+	l.limits.Total.give(l.bytes)
+	l.ring, l.head, l.bytes = nil, 0, 0
 	close(l.wake)
 	l.wake = make(chan struct{})
+	l.mu.Unlock()
+	l.limits.Total.leave(l) // not under l.mu: see makeRoom
 }

@@ -1,6 +1,7 @@
 package events
 
 import (
+	"math"
 	"strconv"
 
 	"github.com/caddyserver/caddy/v2"
@@ -18,6 +19,10 @@ import (
 //		retain_for    <duration>   # and for at most this long (5m)
 //		linger        <duration>   # stays subscribed after its last client left (5m)
 //		write_timeout <duration>   # drops a client a write blocks on for this long (30s)
+//		retain_total  <size>       # memory of the events all streams keep together (256MiB)
+//		max_streams   <count>      # streams (upstream subscriptions) at once (100)
+//		max_clients   <count>      # client streams at once (1000)
+//		max_clients_per_ip <count> # client streams at once from one client IP (100)
 //	}
 func (e *Config) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if d.NextArg() {
@@ -36,9 +41,11 @@ func (e *Config) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		option := d.Val()
 		switch option {
-		case "retain_events", "retain_bytes", "retain_for", "linger", "write_timeout":
+		case "retain_events", "retain_bytes", "retain_for", "linger", "write_timeout",
+			"retain_total", "max_streams", "max_clients", "max_clients_per_ip":
 		default:
-			return d.Errf("unknown events option %q: want retain_events, retain_bytes, retain_for, linger or write_timeout", option)
+			return d.Errf("unknown events option %q: want retain_events, retain_bytes, retain_for, linger, write_timeout, "+
+				"retain_total, max_streams, max_clients or max_clients_per_ip", option)
 		}
 		if !d.NextArg() {
 			return d.Errf("events %s needs a value", option)
@@ -48,18 +55,31 @@ func (e *Config) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			return d.Errf("events %s takes one value", option)
 		}
 		switch option {
-		case "retain_events":
+		case "retain_events", "max_streams", "max_clients", "max_clients_per_ip":
 			n, err := strconv.Atoi(value)
 			if err != nil || n <= 0 {
-				return d.Errf("bad events retain_events %q: want a positive count", value)
+				return d.Errf("bad events %s %q: want a positive count", option, value)
 			}
-			e.RetainEvents = n
-		case "retain_bytes":
+			switch option {
+			case "retain_events":
+				e.RetainEvents = n
+			case "max_streams":
+				e.MaxStreams = n
+			case "max_clients":
+				e.MaxClients = n
+			case "max_clients_per_ip":
+				e.MaxClientsPerIP = n
+			}
+		case "retain_bytes", "retain_total":
 			size, err := humanize.ParseBytes(value)
-			if err != nil || size == 0 {
-				return d.Errf("bad events retain_bytes %q: want a positive size", value)
+			if err != nil || size == 0 || size > math.MaxInt64 {
+				return d.Errf("bad events %s %q: want a positive size", option, value)
 			}
-			e.RetainBytes = int64(size)
+			if option == "retain_bytes" {
+				e.RetainBytes = int64(size)
+			} else {
+				e.RetainTotal = int64(size)
+			}
 		default:
 			dur, err := caddy.ParseDuration(value)
 			if err != nil {

@@ -23,15 +23,29 @@ const ResyncEventType = "session_ids.resync"
 // maxBatch bounds the events read from a log and written in one go.
 const maxBatch = 512
 
+// greetWait is how long a resync waits for the greeting of a hub's upstream
+// that has not greeted yet.
+const greetWait = time.Second
+
 // Serve serves GET /event or /global/event from the hub of its scope:
 // the greeting, the events after the client's Last-Event-ID (or a resync
 // event when those are not all retained), then the live stream, each event
 // with its id.
 func (s *Streams) Serve(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	registry := s.registry
+	leave, refused := registry.admission.admit(r, s.config)
+	if refused != "" {
+		s.refuse(w, refused)
+		return nil
+	}
+	defer leave()
 	s.workers.Learn(r, next)
 	scope := s.scopeOf(r, s.workers.Pool().Len() > 1)
-	registry := s.registry
-	hub := registry.acquire(s, r, next, scope)
+	hub, refused := registry.acquire(s, r, next, scope)
+	if hub == nil {
+		s.refuse(w, refused)
+		return nil
+	}
 	defer registry.release(hub)
 	select {
 	case <-hub.ready:
@@ -90,8 +104,6 @@ func (c *eventClient) serve(r *http.Request) error {
 	if err := c.controller.Flush(); err != nil {
 		return nil // the client is gone
 	}
-	eventMetrics.clients.WithLabelValues(c.namespace).Inc()
-	defer eventMetrics.clients.WithLabelValues(c.namespace).Dec()
 
 	log := c.hub.log
 	asked := lastEventID(r)
@@ -99,18 +111,36 @@ func (c *eventClient) serve(r *http.Request) error {
 	// that arrives meanwhile is either sent here or read live, once.
 	c.hub.mu.Lock()
 	c.out = append(c.out, c.hub.greeting...)
+	greeted := c.hub.greeting != nil
 	cursor, gap := log.Resume(asked)
 	// Heartbeats and greetings before now are not replayed.
 	replayedUpTo := log.Last()
 	c.hub.mu.Unlock()
-	if gap != eventlog.NoGap {
+	// The resync follows the greeting, as on every stream: on a hub whose
+	// upstream has not greeted yet (it has just been started), it waits
+	// for the greeting, for the first event with an id, or for greetWait.
+	resync := func() {
 		c.resync(cursor, gap, asked)
+		gap = eventlog.NoGap
+	}
+	var greetTimeout <-chan time.Time
+	if gap != eventlog.NoGap {
+		if greeted {
+			resync()
+		} else {
+			timer := time.NewTimer(greetWait)
+			defer timer.Stop()
+			greetTimeout = timer.C
+		}
 	}
 	if asked != "" && gap == eventlog.NoGap {
 		eventMetrics.resumes.WithLabelValues(c.namespace).Inc()
 	}
 	for {
 		res := log.Read(cursor, maxBatch)
+		if res.Lost && gap != eventlog.NoGap {
+			resync()
+		}
 		if res.Lost {
 			// Too slow: what this client had not read yet is gone.
 			lostAt := log.Last()
@@ -121,13 +151,20 @@ func (c *eventClient) serve(r *http.Request) error {
 			cursor = lostAt
 		}
 		for _, ev := range res.Events {
-			cursor = ev.Seq
 			if ev.Transient {
+				cursor = ev.Seq
 				if ev.Seq > replayedUpTo {
 					c.out = append(c.out, ev.Data...)
 				}
+				if gap != eventlog.NoGap && isGreeting(ev.Data) {
+					resync()
+				}
 				continue
 			}
+			if gap != eventlog.NoGap {
+				resync()
+			}
+			cursor = ev.Seq
 			c.out = append(c.out, "id: "...)
 			c.out = append(c.out, log.ID(ev.Seq)...)
 			c.out = append(c.out, '\n')
@@ -144,6 +181,10 @@ func (c *eventClient) serve(r *http.Request) error {
 		}
 		select {
 		case <-res.Wake:
+		case <-greetTimeout:
+			if gap != eventlog.NoGap {
+				resync()
+			}
 		case <-r.Context().Done():
 			return nil
 		}

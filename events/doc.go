@@ -11,6 +11,10 @@
 // log (hub.go, package eventlog); each client reads the log from its own
 // cursor (client.go). With events off, a merged fleet stream goes from the
 // same per-worker subscriptions straight to its one client (merged.go).
+// What the streams of a namespace hold at once, hubs, clients (in all and
+// per client address) and retained bytes, is bounded (limits.go); a scope
+// is only what the upstream honours, so that junk in a query string makes
+// no stream of its own (hub.go).
 //
 // What it needs of the handler is two small interfaces, IDs (rewrite an
 // event into the client's ids, having followed a create it announces) and

@@ -16,8 +16,15 @@ import (
 // events interleaved as they arrive, each whole, ids rewritten, and nothing
 // retained (no ids, no replay). Each worker greets a new subscription with
 // server.connected; the client gets the first greeting only, as from one
-// opencode.
+// opencode. It holds a place of max_clients and max_clients_per_ip as a
+// resumable client does.
 func (s *Streams) ServeMerged(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	leave, refused := s.registry.admission.admit(r, s.config)
+	if refused != "" {
+		s.refuse(w, refused)
+		return nil
+	}
+	defer leave()
 	ctx, cancel := context.WithCancel(r.Context())
 	defer cancel()
 	base := r.WithContext(ctx)

@@ -9,7 +9,7 @@ import (
 
 // Augment declares on the event streams of an OpenAPI document how a
 // client resumes (the Last-Event-ID header, the lastEventID query
-// parameter) and the resync event it may get.
+// parameter), the resync event it may get, and the 429 of the limits.
 func (e *Config) Augment(schemas, paths map[string]any) {
 	if e == nil || e.Off {
 		return
@@ -33,6 +33,21 @@ func (e *Config) Augment(schemas, paths map[string]any) {
 	schemas["SessionIdsGlobalResyncEvent"] = map[string]any{
 		"type": "object", "required": []any{"payload"},
 		"properties": map[string]any{"payload": map[string]any{"$ref": "#/components/schemas/SessionIdsResyncEvent"}},
+	}
+	schemas["TooManyStreamsError"] = map[string]any{
+		"type": "object", "required": []any{"name", "data"},
+		"properties": map[string]any{
+			"name": map[string]any{"type": "string", "enum": []any{"TooManyStreamsError"}},
+			"data": map[string]any{"type": "object", "required": []any{"message"}, "properties": map[string]any{
+				"message": map[string]any{"type": "string"},
+			}},
+		},
+	}
+	tooMany := func() map[string]any {
+		r := openapi.JSONResponse("Too many event streams at once (events max_streams, max_clients, max_clients_per_ip): retry after Retry-After seconds. See docs/events.md.",
+			map[string]any{"$ref": "#/components/schemas/TooManyStreamsError"})
+		r["headers"] = map[string]any{"Retry-After": map[string]any{"description": "seconds to wait before retrying", "schema": map[string]any{"type": "integer"}}}
+		return r
 	}
 	description := "Every event carries an SSE id. Reconnect with Last-Event-ID (or ?lastEventID=) to get every event " +
 		"sent since that one that is still retained (up to " + time.Duration(e.RetainFor).String() +
@@ -58,7 +73,9 @@ func (e *Config) Augment(schemas, paths map[string]any) {
 		} else {
 			op["description"] = description
 		}
-		ok, _ := openapi.Child(op, "responses")["200"].(map[string]any)
+		responses := openapi.Child(op, "responses")
+		responses["429"] = tooMany()
+		ok, _ := responses["200"].(map[string]any)
 		if ok == nil {
 			continue
 		}

@@ -42,7 +42,8 @@ type Streams struct {
 	namespace string
 	logger    *zap.Logger
 
-	registry    *registry // nil when resumable streams are off
+	resumable   bool
+	registry    *registry // the namespace's, also with events off: it counts their clients
 	registryKey string
 }
 
@@ -51,13 +52,10 @@ func New(config *Config, namespace string, ids IDs, workers Workers, logger *zap
 	if err := config.Provision(); err != nil {
 		return nil, err
 	}
-	s := &Streams{config: config, ids: ids, workers: workers, namespace: namespace, logger: logger}
-	if config.Off {
-		return s, nil
-	}
+	s := &Streams{config: config, ids: ids, workers: workers, namespace: namespace, logger: logger, resumable: !config.Off}
 	s.registryKey = "events|" + namespace
 	value, _, err := shared.Pool.LoadOrNew(s.registryKey, func() (caddy.Destructor, error) {
-		return newRegistry(), nil
+		return newRegistry(namespace), nil
 	})
 	if err != nil {
 		return nil, err
@@ -68,7 +66,7 @@ func New(config *Config, namespace string, ids IDs, workers Workers, logger *zap
 }
 
 // Resumable reports whether streams are resumable (events on).
-func (s *Streams) Resumable() bool { return s.registry != nil }
+func (s *Streams) Resumable() bool { return s.resumable }
 
 // IsStream reports whether path is one of opencode's event streams.
 func IsStream(path string) bool { return path == "/event" || path == "/global/event" }

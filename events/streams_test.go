@@ -14,6 +14,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 
+	"github.com/sessionid/caddy-sessionid/access"
 	"github.com/sessionid/caddy-sessionid/eventlog"
 	"github.com/sessionid/caddy-sessionid/internal/upstream"
 	"github.com/sessionid/caddy-sessionid/internal/upstreamtest"
@@ -31,6 +32,13 @@ type fixedWorkers struct{ pool *upstream.Pool }
 func (fixedWorkers) Learn(*http.Request, caddyhttp.Handler) {}
 func (w fixedWorkers) Pool() *upstream.Pool                 { return w.pool }
 
+// The headers eventsFront takes the client IP Caddy would have found and
+// the caller the gate would have admitted from.
+const (
+	testClientIP = "X-Test-Client-Ip"
+	testCaller   = "X-Test-Caller"
+)
+
 // eventsFront serves the streams of one handler in front of next over real
 // HTTP, as Caddy would: resumable, or with events off merged from the
 // workers dials (none: one upstream behind next).
@@ -45,7 +53,16 @@ func eventsFront(t testing.TB, config Config, next caddyhttp.Handler, dials ...s
 		t.Fatal(err)
 	}
 	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		r = r.WithContext(context.WithValue(r.Context(), caddyhttp.VarsCtxKey, map[string]any{}))
+		// What Caddy and the gate set before the handler: the client IP
+		// (from trusted_proxies) and the caller, here from test headers.
+		vars := map[string]any{}
+		if ip := r.Header.Get(testClientIP); ip != "" {
+			vars[caddyhttp.ClientIPVarKey] = ip
+		}
+		r = r.WithContext(context.WithValue(r.Context(), caddyhttp.VarsCtxKey, vars))
+		if caller := r.Header.Get(testCaller); caller != "" {
+			r = access.WithCaller(r, access.Caller{ID: caller})
+		}
 		serve := s.Serve
 		if !s.Resumable() {
 			serve = s.ServeMerged
