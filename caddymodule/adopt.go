@@ -110,6 +110,7 @@ func (h *Handler) adoptOrphan(w http.ResponseWriter, r *http.Request, next caddy
 		}
 		m := idmap.Mapping{ClientID: req.id, RealID: s.ID, Fields: pending.Fields, Created: time.Now().UTC(), Worker: upstream.Worker(r)}
 		if err := h.index.Save(ctx, m); err != nil {
+			h.logger.Error("the session was found but its id mapping could not be stored; retry the create", zap.Error(err))
 			apierror.Storage(w, "the session was found but its id mapping could not be stored; retry the create")
 			return true, nil
 		}

@@ -85,6 +85,7 @@ func (h *Handler) createMapped(w http.ResponseWriter, r *http.Request, next cadd
 		err = lookup.err
 	}
 	if err != nil {
+		h.logger.Error("session id mapping could not be read or written", zap.Error(err))
 		apierror.Storage(w, "session id mapping could not be read or written")
 		return nil
 	}
@@ -97,6 +98,7 @@ func (h *Handler) createMapped(w http.ResponseWriter, r *http.Request, next cadd
 	}
 	worker := upstream.Worker(r)
 	if err := h.index.Store.SavePending(ctx, idmap.Pending{ClientID: req.id, Fields: req.fields, Query: r.URL.RawQuery, Started: time.Now().UTC(), Worker: worker}); err != nil {
+		h.logger.Error("session id mapping could not be read or written", zap.Error(err))
 		apierror.Storage(w, "session id mapping could not be read or written")
 		return nil
 	}
@@ -184,6 +186,7 @@ func (h *Handler) lockForCreate(w http.ResponseWriter, r *http.Request, next cad
 		}
 		log.Warn("mapped session no longer exists upstream; creating it again", zap.String("real_id", m.RealID))
 		if err := h.index.Remove(ctx, m); err != nil {
+			h.logger.Error("could not remove a stale mapping", zap.Error(err))
 			apierror.Storage(w, "could not remove a stale mapping")
 			unlock()
 			return nil
@@ -196,6 +199,7 @@ func (h *Handler) lockForCreate(w http.ResponseWriter, r *http.Request, next cad
 	}
 	pending, err := h.index.Store.LoadPending(ctx, req.id)
 	if err != nil && !errors.Is(err, idmap.ErrNotFound) {
+		h.logger.Error("pending create could not be read", zap.Error(err))
 		apierror.Storage(w, "pending create could not be read")
 		unlock()
 		return nil
@@ -245,6 +249,7 @@ func (h *Handler) idTaken(w http.ResponseWriter, r *http.Request, next caddyhttp
 		return true
 	}
 	if !errors.Is(err, idmap.ErrNotFound) {
+		h.logger.Error("session id mapping could not be read", zap.Error(err))
 		apierror.Storage(w, "session id mapping could not be read")
 		return true
 	}

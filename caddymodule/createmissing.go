@@ -41,6 +41,7 @@ func (h *Handler) createMissing(w http.ResponseWriter, r *http.Request, next cad
 	_, known, err := h.index.RealOf(ctx, id)
 	switch {
 	case err != nil:
+		h.logger.Error("session id mapping could not be read", zap.Error(err))
 		apierror.Storage(w, "session id mapping could not be read")
 		return true
 	case known:

@@ -24,6 +24,7 @@ func (h *Handler) serveDelete(w http.ResponseWriter, r *http.Request, next caddy
 	}
 	unlock, err := h.index.Lock(ctx, id)
 	if err != nil {
+		h.logger.Error("could not lock session id "+id, zap.Error(err))
 		apierror.Storage(w, "could not lock session id "+id)
 		return nil
 	}
@@ -33,6 +34,7 @@ func (h *Handler) serveDelete(w http.ResponseWriter, r *http.Request, next caddy
 		return h.proxy(w, r, next, nil)
 	}
 	if err != nil {
+		h.logger.Error("session id mapping could not be read", zap.Error(err))
 		apierror.Storage(w, "session id mapping could not be read")
 		return nil
 	}

@@ -74,6 +74,7 @@ func (h *Handler) createDirect(w http.ResponseWriter, r *http.Request, next cadd
 	}
 
 	if err := h.index.Store.SavePending(ctx, idmap.Pending{ClientID: req.id, Fields: req.fields, Query: r.URL.RawQuery, Started: time.Now().UTC(), Worker: upstream.Worker(r)}); err != nil {
+		h.logger.Error("the session record could not be read or written", zap.Error(err))
 		apierror.Storage(w, "the session record could not be read or written")
 		return nil
 	}
@@ -127,6 +128,7 @@ func (h *Handler) finishDirect(w http.ResponseWriter, r *http.Request, next cadd
 		}
 	}
 	if err := h.index.Save(ctx, idmap.Mapping{ClientID: req.id, RealID: req.id, Fields: req.fields, Created: time.Now().UTC(), Worker: upstream.Worker(r)}); err != nil {
+		h.logger.Error("the session was created but its record could not be stored; retry the create", zap.Error(err))
 		apierror.Storage(w, "the session was created but its record could not be stored; retry the create")
 		return nil
 	}

@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
 
 	"github.com/sessionid/caddy-sessionid/internal/apierror"
 	"github.com/sessionid/caddy-sessionid/internal/upstream"
@@ -32,6 +33,7 @@ func (f *Fleet) Route(w http.ResponseWriter, r *http.Request, next caddyhttp.Han
 		apierror.Upstream(w, http.StatusServiceUnavailable, unknown.Error())
 		return false
 	case err != nil:
+		f.logger.Error("session id mapping could not be read", zap.Error(err))
 		apierror.Storage(w, "session id mapping could not be read")
 		return false
 	}

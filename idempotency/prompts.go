@@ -225,6 +225,7 @@ func (p *Prompts) Serve(w http.ResponseWriter, r *http.Request, next caddyhttp.H
 
 	rec, found, err := p.loadPrompt(ctx, req)
 	if err != nil {
+		p.logger.Error("the Idempotency-Key record could not be read", zap.Error(err))
 		apierror.Storage(w, "the Idempotency-Key record could not be read")
 		return nil
 	}
@@ -281,6 +282,7 @@ func (p *Prompts) firstPrompt(w http.ResponseWriter, r *http.Request, next caddy
 	ctx := r.Context()
 	created, err := p.sessionCreated(ctx, req.sessionID)
 	if err != nil {
+		p.logger.Error("session id mapping could not be read", zap.Error(err))
 		apierror.Storage(w, "session id mapping could not be read")
 		return nil
 	}
@@ -304,6 +306,7 @@ func (p *Prompts) firstPrompt(w http.ResponseWriter, r *http.Request, next caddy
 		}
 	}
 	if err := p.index.Store.SavePrompt(ctx, rec); err != nil {
+		p.logger.Error("the Idempotency-Key record could not be written", zap.Error(err))
 		apierror.Storage(w, "the Idempotency-Key record could not be written")
 		return nil
 	}

@@ -24,6 +24,7 @@ func (p *Prompts) replayPrompt(w http.ResponseWriter, r *http.Request, next cadd
 		// Too large to keep: the assistant message is read back.
 		sessionID, err := p.ids.UpstreamID(r.Context(), rec.SessionID)
 		if err != nil {
+			p.logger.Error("session id mapping could not be read", zap.Error(err))
 			apierror.Storage(w, "session id mapping could not be read")
 			return nil
 		}
@@ -88,6 +89,7 @@ func (p *Prompts) resumePrompt(w http.ResponseWriter, r *http.Request, next cadd
 	log.Info("an interrupted keyed prompt never reached the upstream; sending it")
 	rec.Started = time.Now().UTC()
 	if err := p.index.Store.SavePrompt(r.Context(), rec); err != nil {
+		p.logger.Error("the Idempotency-Key record could not be written", zap.Error(err))
 		apierror.Storage(w, "the Idempotency-Key record could not be written")
 		return nil
 	}
@@ -113,6 +115,7 @@ type storedMessage struct {
 func (p *Prompts) findReply(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, req *keyedRequest, messageID string) (*upstream.Answer, bool, bool) {
 	sessionID, err := p.ids.UpstreamID(r.Context(), req.sessionID)
 	if err != nil {
+		p.logger.Error("session id mapping could not be read", zap.Error(err))
 		apierror.Storage(w, "session id mapping could not be read")
 		return nil, false, true
 	}

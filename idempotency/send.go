@@ -131,6 +131,7 @@ func promptPath(route Route, sessionID string) string {
 func (p *Prompts) messageExists(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, req *keyedRequest, messageID string) (exists, answered bool) {
 	sessionID, err := p.ids.UpstreamID(r.Context(), req.sessionID)
 	if err != nil {
+		p.logger.Error("session id mapping could not be read", zap.Error(err))
 		apierror.Storage(w, "session id mapping could not be read")
 		return false, true
 	}
