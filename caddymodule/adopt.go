@@ -41,10 +41,14 @@ type listedSession struct {
 // because the process stopped between the upstream's answer and the mapping
 // write. It reports true when it answered.
 //
-// Upstreams that keep metadata carry the client id in the session's
-// metadata, and that session is the orphan. One made with the fields asked
-// for now is mapped and returned; one made with other fields is deleted, so
-// that the create that follows leaves one session for the id.
+// Upstreams that keep metadata carry the client id and the name of the
+// create attempt (Pending.Attempt) in the session's metadata, and the
+// session with both is the orphan: nothing else is. A fork copies its
+// parent's metadata, id and attempt alike, but the attempt is the parent's,
+// never the pending one's, so a fork is never adopted or deleted. The
+// orphan made with the fields asked for now is mapped and returned; one made
+// with other fields is deleted, so that the create that follows leaves one
+// session for the id.
 //
 // Upstreams that keep no metadata (opencode 1.15) cannot be told which
 // session is the orphan, only which could be: an unmapped session created in
@@ -83,7 +87,9 @@ func (h *Handler) adoptOrphan(w http.ResponseWriter, r *http.Request, next caddy
 		s.raw = raw
 		switch {
 		case string(s.Metadata[MetadataTag]) == quoted(req.id):
-			tagged = append(tagged, s)
+			if pending.Attempt == "" || string(s.Metadata[AttemptTag]) == quoted(pending.Attempt) {
+				tagged = append(tagged, s)
+			}
 		case !offers.metadata && h.couldBeOrphan(r, s, pending):
 			candidates = append(candidates, s)
 		}
@@ -97,6 +103,16 @@ func (h *Handler) adoptOrphan(w http.ResponseWriter, r *http.Request, next caddy
 			return false, nil
 		}
 		tagged = candidates
+	}
+	if pending.Attempt == "" && len(tagged) > 0 {
+		// A record from before attempts were named: a tag alone does not say
+		// which attempt (or which fork of an earlier session of the id) made
+		// a session. Adopt one only when it is the only one and was asked
+		// for as now; never delete.
+		if len(tagged) > 1 || len(pending.Fields.Diff(req.fields)) > 0 {
+			log.Warn("an interrupted create from before attempts were named may have left a session upstream; creating a new one", zap.Int("tagged", len(tagged)))
+			return false, nil
+		}
 	}
 	for _, s := range tagged {
 		if diff := pending.Fields.Diff(req.fields); len(diff) > 0 {

@@ -24,6 +24,12 @@ import (
 // belongs to.
 const MetadataTag = "clientSessionID"
 
+// AttemptTag is the key under which a created session's metadata carries
+// the name of the create attempt that made it (idmap.Pending.Attempt): only
+// a session with the id and the attempt of an interrupted create is ever
+// adopted, or deleted, as that create's.
+const AttemptTag = "clientSessionAttempt"
+
 // ReplayHeader marks an answer that returns a session created earlier (and
 // a replayed keyed prompt).
 const ReplayHeader = upstream.ReplayHeader
@@ -80,7 +86,8 @@ func (h *Handler) createMapped(w http.ResponseWriter, r *http.Request, next cadd
 	if q, replaced := idmap.Replace([]byte(r.URL.RawQuery), lookup.lookup); replaced > 0 {
 		r.URL.RawQuery = string(q)
 	}
-	upBody, err := h.upstreamCreateBody(req, lookup)
+	attempt := idmap.NewAttempt()
+	upBody, err := h.upstreamCreateBody(req, lookup, attempt)
 	if err == nil && lookup.err != nil {
 		err = lookup.err
 	}
@@ -97,7 +104,7 @@ func (h *Handler) createMapped(w http.ResponseWriter, r *http.Request, next cadd
 		}
 	}
 	worker := upstream.Worker(r)
-	if err := h.index.Store.SavePending(ctx, idmap.Pending{ClientID: req.id, Fields: req.fields, Query: r.URL.RawQuery, Started: time.Now().UTC(), Worker: worker}); err != nil {
+	if err := h.index.Store.SavePending(ctx, idmap.Pending{ClientID: req.id, Fields: req.fields, Query: r.URL.RawQuery, Started: time.Now().UTC(), Worker: worker, Attempt: attempt}); err != nil {
 		h.logger.Error("session id mapping could not be read or written", zap.Error(err))
 		apierror.Storage(w, "session id mapping could not be read or written")
 		return nil
@@ -271,9 +278,9 @@ func (h *Handler) idTaken(w http.ResponseWriter, r *http.Request, next caddyhttp
 }
 
 // upstreamCreateBody is the create body the upstream gets: the client's,
-// without id, with client ids rewritten, and with the client id tagged into
-// metadata.
-func (h *Handler) upstreamCreateBody(req *createRequest, lookup *lookupFunc) ([]byte, error) {
+// without id, with client ids rewritten, and with the client id and the
+// attempt tagged into metadata.
+func (h *Handler) upstreamCreateBody(req *createRequest, lookup *lookupFunc, attempt string) ([]byte, error) {
 	body := make(map[string]json.RawMessage, len(req.body)+1)
 	for k, v := range req.body {
 		body[k] = v
@@ -286,6 +293,7 @@ func (h *Handler) upstreamCreateBody(req *createRequest, lookup *lookupFunc) ([]
 	}
 	tag, _ := json.Marshal(req.id)
 	meta[MetadataTag] = tag
+	meta[AttemptTag], _ = json.Marshal(attempt)
 	rawMeta, err := json.Marshal(meta)
 	if err != nil {
 		return nil, err

@@ -2,6 +2,8 @@ package idmap
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -44,6 +46,20 @@ type Pending struct {
 	Started  time.Time `json:"started"`
 	// Worker is where the create was sent: the only place its session can be.
 	Worker string `json:"worker,omitempty"`
+	// Attempt is a random name of this create attempt, sent upstream in the
+	// session's metadata with the client id: the session it finds later
+	// under both is the one this attempt made, and no other (opencode's
+	// fork copies metadata, so a fork of an earlier session of the id
+	// carries the id too, but another attempt). Empty in records written
+	// before attempts were named.
+	Attempt string `json:"attempt,omitempty"`
+}
+
+// NewAttempt names a create attempt (Pending.Attempt).
+func NewAttempt() string {
+	b := make([]byte, 12)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
 }
 
 // Store keeps mappings in a Storage under one namespace:

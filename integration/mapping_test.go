@@ -256,6 +256,38 @@ func TestMappingMode(t *testing.T) {
 		}
 	})
 
+	t.Run("a fork of an earlier session of the id is never adopted, nor deleted", func(t *testing.T) {
+		// opencode's fork copies metadata: the fork carries the client id
+		// its parent was made under. After the parent is deleted, a retried
+		// create of the id (its first try got a 503, or Caddy was killed
+		// before it went up) must make a new session, and leave the fork be.
+		clientID := id("forked")
+		if r := call(t, "POST", proxy.URL+"/session", map[string]any{"id": clientID, "title": "fork test"}, ""); r.Status != 200 {
+			t.Fatalf("create: %d %s", r.Status, r.Body)
+		}
+		var fork session
+		call(t, "POST", proxy.URL+"/session/"+clientID+"/fork", map[string]any{}, "").json(t, &fork)
+		if fork.ID == "" || fork.ID == clientID {
+			t.Fatalf("fork: %+v", fork)
+		}
+		for _, asked := range []string{`"fork test"`, `"another title"`} {
+			if r := call(t, "DELETE", proxy.URL+"/session/"+clientID, nil, ""); r.Status != 200 {
+				t.Fatalf("delete: %d %s", r.Status, r.Body)
+			}
+			writePendingRecord(t, proxy, idmap.Pending{ClientID: clientID, Fields: idmap.Fields{"title": json.RawMessage(asked)},
+				Started: time.Now(), Attempt: idmap.NewAttempt()})
+			r := call(t, "POST", proxy.URL+"/session", map[string]any{"id": clientID, "title": "fork test"}, "")
+			var s session
+			r.json(t, &s)
+			if r.Status != 200 || s.ID != clientID || s.Title != "fork test" || r.Header.Get("Idempotent-Replayed") != "" {
+				t.Fatalf("the retried create (pending title %s): %d %s, want a new session", asked, r.Status, r.Body)
+			}
+			if r := call(t, "GET", oc.URL+"/session/"+fork.ID, nil, ""); r.Status != 200 {
+				t.Fatalf("the fork is gone upstream (pending title %s): %d %s", asked, r.Status, r.Body)
+			}
+		}
+	})
+
 	t.Run("a child session names its parent by client id", func(t *testing.T) {
 		parent, child := id("parent"), id("child")
 		call(t, "POST", proxy.URL+"/session", map[string]any{"id": parent}, "")
@@ -294,8 +326,14 @@ func TestMappingMode(t *testing.T) {
 // upstream call would leave, and returns its path.
 func writePending(t *testing.T, proxy *caddy, clientID string, fields idmap.Fields) string {
 	t.Helper()
-	pending, _ := json.Marshal(idmap.Pending{ClientID: clientID, Fields: fields, Started: time.Now()})
-	path := filepath.Join(proxy.DataDir, "caddy", idmap.StorageRoot, "default", "pending", clientID)
+	return writePendingRecord(t, proxy, idmap.Pending{ClientID: clientID, Fields: fields, Started: time.Now()})
+}
+
+// writePendingRecord leaves a pending record as it is and returns its path.
+func writePendingRecord(t *testing.T, proxy *caddy, p idmap.Pending) string {
+	t.Helper()
+	pending, _ := json.Marshal(p)
+	path := filepath.Join(proxy.DataDir, "caddy", idmap.StorageRoot, "default", "pending", p.ClientID)
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		t.Fatal(err)
 	}
