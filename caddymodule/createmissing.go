@@ -47,6 +47,15 @@ func (h *Handler) createMissing(w http.ResponseWriter, r *http.Request, next cad
 	case known:
 		return false
 	}
+	// Deleted through the handler: it stays deleted, and the request goes on
+	// to be answered 404 by the upstream, until an explicit create.
+	if deleted, err := h.index.Store.Deleted(ctx, id); err != nil {
+		h.logger.Error("the tombstone of a session id could not be read", zap.Error(err))
+		apierror.Storage(w, "session id mapping could not be read")
+		return true
+	} else if deleted {
+		return false
+	}
 	existing, err := upstream.Ask(r, next, http.MethodGet, "/session/"+url.PathEscape(id), "", nil)
 	if err != nil || existing.Status != http.StatusNotFound {
 		return false // the upstream has it (or is failing: the request will say so)

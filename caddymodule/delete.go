@@ -3,6 +3,7 @@ package caddymodule
 import (
 	"errors"
 	"net/http"
+	"time"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
@@ -13,7 +14,8 @@ import (
 )
 
 // serveDelete deletes a mapped session upstream and then its mapping, under
-// the id's lock, so the id can be created again. A session the upstream no
+// the id's lock, so the id can be created again, leaving a tombstone so that
+// only an explicit create does (create_missing does not). A session the upstream no
 // longer has loses its mapping too. Unmapped ids pass through.
 func (h *Handler) serveDelete(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	ctx := r.Context()
@@ -47,6 +49,14 @@ func (h *Handler) serveDelete(w http.ResponseWriter, r *http.Request, next caddy
 		return nil
 	}
 	if answer.OK() || answer.Status == http.StatusNotFound {
+		// The tombstone first: a crash between the two leaves the mapping,
+		// which the retried delete removes, never an id create_missing
+		// would bring back.
+		if err := h.index.Store.SaveTombstone(ctx, idmap.Tombstone{ClientID: id, RealID: m.RealID, Deleted: time.Now().UTC()}); err != nil {
+			h.logger.Error("session deleted upstream but its tombstone could not be stored", zap.String("session_id", id), zap.Error(err))
+			apierror.Storage(w, "the session was deleted but its id mapping could not be removed; retry the delete")
+			return nil
+		}
 		if err := h.index.Remove(ctx, m); err != nil {
 			h.logger.Error("session deleted upstream but its mapping could not be removed", zap.String("session_id", id), zap.Error(err))
 			apierror.Storage(w, "the session was deleted but its id mapping could not be removed; retry the delete")

@@ -100,7 +100,10 @@ type Handler struct {
 	// `opencode run --attach <caddy> --session <new id>` works. It applies to
 	// GET /session/{id}, GET and POST /session/{id}/message and POST
 	// /session/{id}/prompt_async, /command and /shell. Each such request for
-	// an id the handler has not mapped costs one upstream GET. Default: off.
+	// an id the handler has not mapped costs one storage read and one upstream
+	// GET. An id deleted through the handler is never made again this way:
+	// its tombstone in storage keeps it deleted, and its reads the upstream's
+	// 404, until an explicit create. Default: off.
 	CreateMissing bool `json:"create_missing,omitempty"`
 
 	// CacheTTL is how long a mapping stays in the cache before it is read

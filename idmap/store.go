@@ -67,6 +67,7 @@ func NewAttempt() string {
 //	<root>/<namespace>/client/<client id>   Mapping, the commit point
 //	<root>/<namespace>/real/<real id>       the client id, an index
 //	<root>/<namespace>/pending/<client id>  Pending
+//	<root>/<namespace>/deleted/<client id>  Tombstone: deleted, not created again
 //	<root>/<namespace>/worker/<real id>     the worker of a session without a
 //	                                        worker in a mapping (see SaveWorker)
 //
@@ -160,7 +161,47 @@ func (s *Store) Save(ctx context.Context, m Mapping) error {
 	if err := s.put(ctx, s.key("client", m.ClientID), raw); err != nil {
 		return fmt.Errorf("store mapping of %q: %w", m.ClientID, err)
 	}
+	// The id exists again: it is no longer deleted. A tombstone that stays
+	// (the delete failed) blocks only create_missing, which a mapped id
+	// never needs.
+	_ = s.delete(ctx, s.key("deleted", m.ClientID))
 	return nil
+}
+
+// Tombstone is what is kept of a client id deleted through the handler, so
+// that create_missing does not bring it back: only an explicit create does.
+type Tombstone struct {
+	ClientID string    `json:"client_id"`
+	RealID   string    `json:"real_id"`
+	Deleted  time.Time `json:"deleted"`
+}
+
+// SaveTombstone records that a client id was deleted.
+func (s *Store) SaveTombstone(ctx context.Context, t Tombstone) error {
+	if !storable(t.ClientID) {
+		return fmt.Errorf("tombstone of %q: %w", t.ClientID, errUnstorable)
+	}
+	raw, err := json.Marshal(t)
+	if err != nil {
+		return err
+	}
+	if err := s.put(ctx, s.key("deleted", t.ClientID), raw); err != nil {
+		return fmt.Errorf("store tombstone of %q: %w", t.ClientID, err)
+	}
+	return nil
+}
+
+// Deleted reports whether a client id was deleted through the handler and
+// not created again since.
+func (s *Store) Deleted(ctx context.Context, clientID string) (bool, error) {
+	if !storable(clientID) {
+		return false, nil
+	}
+	_, err := s.load(ctx, s.key("deleted", clientID))
+	if errors.Is(err, ErrNotFound) {
+		return false, nil
+	}
+	return err == nil, err
 }
 
 // Remove deletes a mapping, its record first.

@@ -115,6 +115,42 @@ func TestClients(t *testing.T) {
 		}
 	})
 
+	t.Run("a session deleted through the proxy stays deleted for reads until it is created again", func(t *testing.T) {
+		clientID := fmt.Sprintf("ses_deleted_%d", time.Now().UnixNano())
+		if r := call(t, "POST", proxy.URL+"/session", map[string]any{"id": clientID, "title": "to delete"}, ""); r.Status != 200 {
+			t.Fatalf("create: %d %s", r.Status, r.Body)
+		}
+		if r := call(t, "DELETE", proxy.URL+"/session/"+clientID, nil, ""); r.Status != 200 {
+			t.Fatalf("delete: %d %s", r.Status, r.Body)
+		}
+		before := upstreamSessionCount(t, oc)
+		for i := 0; i < 3; i++ { // a client polling after its delete
+			if r := call(t, "GET", proxy.URL+"/session/"+clientID, nil, ""); r.Status != 404 {
+				t.Fatalf("read %d after the delete, with create_missing on: %d %s, want 404", i, r.Status, r.Body)
+			}
+			if r := call(t, "GET", proxy.URL+"/session/"+clientID+"/message", nil, ""); r.Status != 404 {
+				t.Fatalf("messages %d after the delete: %d %s, want 404", i, r.Status, r.Body)
+			}
+		}
+		if after := upstreamSessionCount(t, oc); after != before {
+			t.Fatalf("reads of a deleted id made %d upstream sessions", after-before)
+		}
+		r := call(t, "POST", proxy.URL+"/session", map[string]any{"id": clientID, "title": "made again"}, "")
+		var s session
+		r.json(t, &s)
+		if r.Status != 200 || s.Title != "made again" || r.Header.Get("Idempotent-Replayed") != "" {
+			t.Fatalf("the explicit create after the delete: %d %s", r.Status, r.Body)
+		}
+		if r := call(t, "GET", proxy.URL+"/session/"+clientID, nil, ""); r.Status != 200 {
+			t.Fatalf("a read after it was made again: %d %s", r.Status, r.Body)
+		}
+		// And when that one is deleted, reads of it are 404 again.
+		call(t, "DELETE", proxy.URL+"/session/"+clientID, nil, "")
+		if r := call(t, "GET", proxy.URL+"/session/"+clientID, nil, ""); r.Status != 404 {
+			t.Fatalf("a read after the second delete: %d", r.Status)
+		}
+	})
+
 	t.Run("metrics are on Caddy's /metrics", func(t *testing.T) {
 		call(t, "POST", proxy.URL+"/session", `{"id":"bad"}`, "")
 		var admin string
