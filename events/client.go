@@ -110,9 +110,14 @@ func (c *eventClient) serve(r *http.Request) error {
 	// The greeting and the position are taken together, so that a greeting
 	// that arrives meanwhile is either sent here or read live, once.
 	c.hub.mu.Lock()
-	c.out = append(c.out, c.hub.greeting...)
 	greeted := c.hub.greeting != nil
 	cursor, gap := log.Resume(asked)
+	if greeted {
+		// The greeting carries the client's position: a client that sees
+		// nothing else and reconnects with it misses nothing.
+		c.out = c.withID(c.out, cursor)
+		c.out = append(c.out, c.hub.greeting...)
+	}
 	// Heartbeats and greetings before now are not replayed.
 	replayedUpTo := log.Last()
 	c.hub.mu.Unlock()
@@ -154,6 +159,9 @@ func (c *eventClient) serve(r *http.Request) error {
 			if ev.Transient {
 				cursor = ev.Seq
 				if ev.Seq > replayedUpTo {
+					// A heartbeat (or a late greeting) carries the client's
+					// position too: all it has read, up to this one.
+					c.out = c.withID(c.out, cursor)
 					c.out = append(c.out, ev.Data...)
 				}
 				if gap != eventlog.NoGap && isGreeting(ev.Data) {
@@ -165,9 +173,7 @@ func (c *eventClient) serve(r *http.Request) error {
 				resync()
 			}
 			cursor = ev.Seq
-			c.out = append(c.out, "id: "...)
-			c.out = append(c.out, log.ID(ev.Seq)...)
-			c.out = append(c.out, '\n')
+			c.out = c.withID(c.out, ev.Seq)
 			c.out = append(c.out, ev.Data...)
 		}
 		if err := c.flush(); err != nil {
@@ -189,6 +195,14 @@ func (c *eventClient) serve(r *http.Request) error {
 			return nil
 		}
 	}
+}
+
+// withID appends the id line of position seq of the client's log: a valid
+// Last-Event-ID meaning "everything after this".
+func (c *eventClient) withID(out []byte, seq uint64) []byte {
+	out = append(out, "id: "...)
+	out = append(out, c.hub.log.ID(seq)...)
+	return append(out, '\n')
 }
 
 // resync adds a resync event to what goes out, with the id of the event it

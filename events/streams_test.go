@@ -88,8 +88,8 @@ func TestResumableEvents(t *testing.T) {
 		upstream := upstreamtest.NewFakeStream()
 		_, url := eventsFront(t, Config{}, upstream)
 		steady := upstreamtest.Subscribe(t, url+"/event", nil)
-		if greeting := steady.Next(); !strings.Contains(greeting.Data, "server.connected") || greeting.ID != "" {
-			t.Fatalf("first event %+v, want the greeting without an id", greeting)
+		if greeting := steady.Next(); !strings.Contains(greeting.Data, "server.connected") || greeting.ID == "" {
+			t.Fatalf("first event %+v, want the greeting with the client's position as its id", greeting)
 		}
 		dropping := upstreamtest.Subscribe(t, url+"/event", nil)
 		dropping.Next() // greeting
@@ -209,15 +209,40 @@ func TestResumableEvents(t *testing.T) {
 		upstream.Publish(`{"type":"n","properties":{"n":1}}`)
 		id := first.Next().ID
 		upstream.Publish(`{"type":"server.heartbeat","properties":{}}`)
-		if hb := first.Next(); !strings.Contains(hb.Data, "server.heartbeat") || hb.ID != "" {
-			t.Fatalf("heartbeat %+v, want it live and without an id", hb)
+		hb := first.Next()
+		if !strings.Contains(hb.Data, "server.heartbeat") || hb.ID == "" || hb.ID == id {
+			t.Fatalf("heartbeat %+v, want it live, with the client's position after it as its id", hb)
 		}
 		upstream.Publish(`{"type":"n","properties":{"n":2}}`)
 		first.Next()
-		resumed := upstreamtest.Subscribe(t, url+"/event", http.Header{"Last-Event-Id": {id}})
-		resumed.Next()
-		if ev := resumed.Next(); !strings.Contains(ev.Data, `"n":2`) {
-			t.Fatalf("replayed %+v, want n=2 without the heartbeat", ev)
+		for _, from := range []string{id, hb.ID} {
+			resumed := upstreamtest.Subscribe(t, url+"/event", http.Header{"Last-Event-Id": {from}})
+			resumed.Next()
+			if ev := resumed.Next(); !strings.Contains(ev.Data, `"n":2`) {
+				t.Fatalf("replayed from %s: %+v, want n=2 without the heartbeat", from, ev)
+			}
+			resumed.Close()
+		}
+	})
+
+	t.Run("a client that saw only the greeting resumes from it and misses nothing", func(t *testing.T) {
+		upstream := upstreamtest.NewFakeStream()
+		_, url := eventsFront(t, Config{}, upstream)
+		steady := upstreamtest.Subscribe(t, url+"/event", nil)
+		steady.Next()
+		idle := upstreamtest.Subscribe(t, url+"/event", nil)
+		greeting := idle.Next()
+		idle.Close() // dropped before any event
+		upstream.Publish(`{"type":"n","properties":{"n":1}}`)
+		upstream.Publish(`{"type":"n","properties":{"n":2}}`)
+		want := steady.Until(`"n":2`)
+		back := upstreamtest.Subscribe(t, url+"/event", http.Header{"Last-Event-Id": {greeting.ID}})
+		if g := back.Next(); !strings.Contains(g.Data, "server.connected") || g.ID != greeting.ID {
+			t.Fatalf("the resumed greeting %+v, want the resume point %s as its id", g, greeting.ID)
+		}
+		got := back.Until(`"n":2`)
+		if upstreamtest.Datas(got) != upstreamtest.Datas(want) {
+			t.Fatalf("resumed from the greeting:\n%s\nwant what the client that stayed got:\n%s", upstreamtest.Datas(got), upstreamtest.Datas(want))
 		}
 	})
 

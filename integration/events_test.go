@@ -101,14 +101,21 @@ func idleOf(id string) func(sse) bool {
 
 // withIDs keeps the events that carry an id: everything but greetings and
 // heartbeats.
+// withIDs keeps the events a resume replays: those with an id, but for the
+// greeting and heartbeats, which carry the client's position as their id and
+// are for live readers only.
 func withIDs(evs []sse) []sse {
 	var out []sse
 	for _, ev := range evs {
-		if ev.id != "" {
+		if ev.id != "" && !isPositionOnly(ev) {
 			out = append(out, ev)
 		}
 	}
 	return out
+}
+
+func isPositionOnly(ev sse) bool {
+	return strings.Contains(ev.data, `"type":"server.connected"`) || strings.Contains(ev.data, `"type":"server.heartbeat"`)
 }
 
 func promptAsync(tb testing.TB, base, id, text string) {
@@ -222,6 +229,41 @@ func TestResumableEventStreams(t *testing.T) {
 			}
 		}
 		t.Logf("the client missed %d events mid-prompt and got all of them back", len(missed))
+	})
+
+	t.Run("a client that saw only the greeting and dropped resumes from it and gets every event of a prompt", func(t *testing.T) {
+		steady := openEvents(t, proxy.URL+"/event", "")
+		steady.next(t)
+		idle := openEvents(t, proxy.URL+"/event", "")
+		greeting := idle.next(t)
+		if !strings.Contains(greeting.data, "server.connected") || greeting.id == "" {
+			t.Fatalf("the greeting %+v carries no resume point", greeting)
+		}
+		idle.cancel() // nothing but the greeting seen
+
+		clientID := id("greeted")
+		createSession(t, proxy.URL, clientID)
+		promptAsync(t, proxy.URL, clientID, "hello")
+		all := withIDs(steady.until(t, 120*time.Second, idleOf(clientID)))
+
+		resumed := openEvents(t, proxy.URL+"/event", greeting.id)
+		if g := resumed.next(t); !strings.Contains(g.data, "server.connected") {
+			t.Fatalf("the resumed stream starts with %+v", g)
+		}
+		replayed := withIDs(resumed.until(t, 30*time.Second, idleOf(clientID)))
+		if len(all) < 3 || len(replayed) != len(all) {
+			t.Fatalf("resumed from the greeting with %d events; the client that stayed got %d", len(replayed), len(all))
+		}
+		for i := range all {
+			if replayed[i] != all[i] {
+				t.Fatalf("event %d differs:\nresumed: %+v\nstayed:  %+v", i, replayed[i], all[i])
+			}
+		}
+		for _, ev := range replayed {
+			if strings.Contains(ev.data, "session_ids.resync") {
+				t.Fatalf("a resume from the greeting was told to resync: %+v", ev)
+			}
+		}
 	})
 
 	t.Run("100 clients of one stream are one upstream subscription, and each gets the prompt's events", func(t *testing.T) {
