@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"net/url"
+	"strings"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
@@ -19,12 +21,19 @@ import (
 // records which worker made it, so that its requests never need to ask every
 // worker. A child goes to its parent's worker. The answer is relayed with its
 // ids rewritten, as on any response.
+//
+// A fork is answered, and kept, without the tags of the session it was
+// forked from: opencode copies a session's metadata to its forks, and a
+// fork must not name its parent's client id or create attempt.
 func (h *Handler) proxyNewSession(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, raw []byte) error {
-	if h.fleet.Learn(r, next); !h.fleet.Several() {
+	fork := strings.HasSuffix(r.URL.Path, "/fork")
+	h.fleet.Learn(r, next)
+	several := h.fleet.Several()
+	if !several && !fork {
 		return h.proxy(w, r, next, raw)
 	}
 	rt := upstream.RouteOf(r)
-	if parent := parentIDOf(raw); parent != "" && rt.Worker == "" {
+	if parent := parentIDOf(raw); several && parent != "" && rt.Worker == "" {
 		worker, err := h.fleet.WorkerOf(r, next, parent)
 		if err != nil {
 			fleet.PlacementFailed(w, err)
@@ -58,7 +67,8 @@ func (h *Handler) proxyNewSession(w http.ResponseWriter, r *http.Request, next c
 		}
 		return nil
 	}
-	if _, chosen := asked.Outcome(); answer.OK() && chosen != "" {
+	_, chosen := asked.Outcome()
+	if several && answer.OK() && chosen != "" {
 		if id := newSessionIDOf(answer.Body.Bytes()); id != "" {
 			if err := h.index.SaveWorker(r.Context(), id, chosen); err != nil {
 				// The session exists; its worker will be found by asking.
@@ -66,8 +76,47 @@ func (h *Handler) proxyNewSession(w http.ResponseWriter, r *http.Request, next c
 			}
 		}
 	}
+	if fork && answer.OK() {
+		if chosen == "" {
+			chosen = rt.Worker
+		}
+		answer = h.untagFork(r, next, chosen, answer)
+	}
 	h.ids.Relay(w, r, answer, false)
 	return nil
+}
+
+// untagFork removes from a new fork's metadata the tags it copied from its
+// parent (MetadataTag, AttemptTag), upstream, and returns the fork as the
+// upstream answers the change. When the change fails the fork keeps them
+// (it is logged): it still names its parent's client id, and an
+// interrupted create of that id will not adopt it, whose attempt it lacks.
+func (h *Handler) untagFork(r *http.Request, next caddyhttp.Handler, worker string, answer *upstream.Answer) *upstream.Answer {
+	var fork struct {
+		ID       string                     `json:"id"`
+		Metadata map[string]json.RawMessage `json:"metadata"`
+	}
+	if json.Unmarshal(answer.Body.Bytes(), &fork) != nil || !idmap.IsToken(fork.ID) {
+		return answer
+	}
+	_, tagged := fork.Metadata[MetadataTag]
+	_, attempt := fork.Metadata[AttemptTag]
+	if !tagged && !attempt {
+		return answer
+	}
+	delete(fork.Metadata, MetadataTag)
+	delete(fork.Metadata, AttemptTag)
+	body, _ := json.Marshal(map[string]any{"metadata": fork.Metadata})
+	patched, _, err := upstream.AskWorker(r, next, worker, http.MethodPatch, "/session/"+url.PathEscape(fork.ID), "", body)
+	if err != nil || !patched.OK() {
+		status := 0
+		if patched != nil {
+			status = patched.Status
+		}
+		h.logger.Warn("a fork keeps the tags of the session it was forked from", zap.String("real_id", fork.ID), zap.Int("status", status), zap.Error(err))
+		return answer
+	}
+	return patched
 }
 
 // parentIDOf reads parentID from a JSON create body, if it has one.

@@ -265,10 +265,14 @@ func TestMappingMode(t *testing.T) {
 		if r := call(t, "POST", proxy.URL+"/session", map[string]any{"id": clientID, "title": "fork test"}, ""); r.Status != 200 {
 			t.Fatalf("create: %d %s", r.Status, r.Body)
 		}
-		var fork session
-		call(t, "POST", proxy.URL+"/session/"+clientID+"/fork", map[string]any{}, "").json(t, &fork)
-		if fork.ID == "" || fork.ID == clientID {
-			t.Fatalf("fork: %+v", fork)
+		// Through the proxy a fork loses the parent's tags at once; the state
+		// its crash can leave in between is a session with the parent's
+		// metadata, copied whole, and the fork's title.
+		var parent, fork session
+		call(t, "GET", oc.URL+"/session/"+realID(t, oc, clientID), nil, "").json(t, &parent)
+		call(t, "POST", oc.URL+"/session", map[string]any{"title": "fork test (fork #1)", "metadata": parent.Metadata}, "").json(t, &fork)
+		if fork.ID == "" || fork.Metadata["clientSessionAttempt"] == nil {
+			t.Fatalf("the fork's state: %+v (parent %+v)", fork, parent)
 		}
 		for _, asked := range []string{`"fork test"`, `"another title"`} {
 			if r := call(t, "DELETE", proxy.URL+"/session/"+clientID, nil, ""); r.Status != 200 {
@@ -285,6 +289,28 @@ func TestMappingMode(t *testing.T) {
 			if r := call(t, "GET", oc.URL+"/session/"+fork.ID, nil, ""); r.Status != 200 {
 				t.Fatalf("the fork is gone upstream (pending title %s): %d %s", asked, r.Status, r.Body)
 			}
+		}
+	})
+
+	t.Run("a fork names no other session's client id", func(t *testing.T) {
+		clientID := id("forkparent")
+		call(t, "POST", proxy.URL+"/session", map[string]any{"id": clientID, "title": "parent", "metadata": map[string]any{"team": "a"}}, "")
+		r := call(t, "POST", proxy.URL+"/session/"+clientID+"/fork", map[string]any{}, "")
+		var fork session
+		r.json(t, &fork)
+		if r.Status != 200 || fork.ID == clientID || fork.Metadata["clientSessionID"] != nil || fork.Metadata["clientSessionAttempt"] != nil {
+			t.Fatalf("the fork's answer: %d %s", r.Status, r.Body)
+		}
+		if fork.Metadata["team"] != "a" {
+			t.Fatalf("the fork lost the parent's own metadata: %s", r.Body)
+		}
+		var upstreamFork session
+		call(t, "GET", oc.URL+"/session/"+fork.ID, nil, "").json(t, &upstreamFork)
+		if upstreamFork.Metadata["clientSessionID"] != nil {
+			t.Fatalf("the fork keeps the parent's tag upstream: %+v", upstreamFork.Metadata)
+		}
+		if sessions := upstreamSessionsOf(t, oc, clientID); len(sessions) != 1 {
+			t.Fatalf("%d upstream sessions carry %s, want only its own", len(sessions), clientID)
 		}
 	})
 
