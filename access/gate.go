@@ -146,10 +146,7 @@ func (g *Gate) Admit(w http.ResponseWriter, r *http.Request, next caddyhttp.Hand
 // admitTrusted admits a request on which the authentication handler before
 // this one named a user.
 func (g *Gate) admitTrusted(w http.ResponseWriter, r *http.Request) (*http.Request, error) {
-	user := ""
-	if repl, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer); ok {
-		user = repl.ReplaceAll(g.config.Trust, "")
-	}
+	user := g.trustedUser(r)
 	if user == "" {
 		verdictMetrics.WithLabelValues(g.namespace, outcomeRefused).Inc()
 		g.logger.Warn("refused a request no authentication handler admitted: auth trust needs one before session_ids on every route",
@@ -186,8 +183,7 @@ func (g *Gate) verify(r *http.Request, next caddyhttp.Handler, uri, creds string
 	case answer.Status == http.StatusUnauthorized || answer.Status == http.StatusForbidden:
 		verdictMetrics.WithLabelValues(g.namespace, outcomeVerifiedRefused).Inc()
 		return &verdict{refusal: answer}, nil
-	case answer.Status >= 500:
-		verdictMetrics.WithLabelValues(g.namespace, outcomeFailed).Inc()
+	case answer.Status >= 500: // counted as failed by Admit, as every error is
 		return nil, caddyhttp.Error(answer.Status, fmt.Errorf("verifying a caller: GET %s answered %d", uri, answer.Status))
 	}
 	caller, err := g.caller(ctx, creds)
@@ -281,11 +277,16 @@ func (b *binding) get(ctx context.Context) ([]byte, error) {
 // whether it serves them (trust mode: the user the placeholder holds).
 func (g *Gate) Name(r *http.Request) (Caller, error) {
 	if g.config.Trust != "" {
-		user := ""
-		if repl, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer); ok {
-			user = repl.ReplaceAll(g.config.Trust, "")
-		}
-		return g.caller(r.Context(), "user:"+user)
+		return g.caller(r.Context(), "user:"+g.trustedUser(r))
 	}
 	return g.caller(r.Context(), credentials(r.Header, tokens(r)))
+}
+
+// trustedUser is the user the trusted placeholder holds for r; "" for none.
+func (g *Gate) trustedUser(r *http.Request) string {
+	repl, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	if !ok {
+		return ""
+	}
+	return repl.ReplaceAll(g.config.Trust, "")
 }
