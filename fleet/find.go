@@ -62,11 +62,29 @@ func (f *Fleet) WorkerOf(r *http.Request, next caddyhttp.Handler, id string) (st
 // without an id, forked, made by opencode itself as children, or made on a
 // worker directly) and mappings written before workers were recorded are
 // found this way once.
+//
+// The workers that are up are asked first, so a dead worker does not delay
+// finding a session on a live one. When none of them has it, the workers
+// that are down (a health check that timed out, a worker restarting) are
+// asked again through reverse_proxy, which holds the request until the
+// worker is healthy or lb_try_duration runs out: an unrecorded session on a
+// worker is waited for as a recorded one is, not refused at once.
 func (f *Fleet) discover(r *http.Request, next caddyhttp.Handler, realID string) (string, error) {
-	answers := upstream.AskEach(r, next, f.Workers(), http.MethodGet, "/session/"+url.PathEscape(realID), "")
+	path := "/session/" + url.PathEscape(realID)
+	answers := upstream.AskEach(r, next, f.Workers(), http.MethodGet, path, "")
+	var unavailable []string
+	for _, a := range answers {
+		if a.Unavailable {
+			unavailable = append(unavailable, a.Worker)
+		}
+	}
+	if len(unavailable) > 0 && !anyFound(answers) {
+		answers = append(answers, upstream.AskWaiting(r, next, unavailable, http.MethodGet, path, "")...)
+	}
 	var down []string
 	for _, a := range answers {
 		switch {
+		case a.Unavailable:
 		case a.Err == nil && a.Answer.OK():
 			if err := f.index.SaveWorker(r.Context(), realID, a.Worker); err != nil {
 				return "", err
@@ -85,4 +103,13 @@ func (f *Fleet) discover(r *http.Request, next caddyhttp.Handler, realID string)
 	discoveries.WithLabelValues(f.namespace, "absent").Inc()
 	f.index.MarkUnplaced(realID)
 	return "", nil
+}
+
+func anyFound(answers []upstream.WorkerAnswer) bool {
+	for _, a := range answers {
+		if a.Err == nil && a.Answer.OK() {
+			return true
+		}
+	}
+	return false
 }

@@ -104,6 +104,10 @@ type WorkerAnswer struct {
 	Worker string
 	Answer *Answer
 	Err    error
+
+	// Unavailable: the worker was not asked, because its health checks
+	// have it down (Err says so too).
+	Unavailable bool
 }
 
 // AskEach sends one request to every available worker of the pool at once,
@@ -116,6 +120,7 @@ func AskEach(r *http.Request, next caddyhttp.Handler, pool []*reverseproxy.Upstr
 		answers[i].Worker = u.Dial
 		if !u.Available() {
 			answers[i].Err = caddyhttp.Error(http.StatusServiceUnavailable, fmt.Errorf("worker %s is unavailable", u.Dial))
+			answers[i].Unavailable = true
 			continue
 		}
 		sub, _ := WithRoute(r, u.Dial, false)
@@ -123,6 +128,25 @@ func AskEach(r *http.Request, next caddyhttp.Handler, pool []*reverseproxy.Upstr
 		go func() {
 			defer wg.Done()
 			answers[i].Answer, answers[i].Err = do(sub, next, method, path, rawQuery, nil)
+		}()
+	}
+	wg.Wait()
+	return answers
+}
+
+// AskWaiting sends one request to each of the workers at once, as AskEach,
+// but asks unavailable ones too: reverse_proxy holds each request until its
+// worker's health checks pass again or lb_try_duration runs out, as it holds
+// a client's request for a session on that worker.
+func AskWaiting(r *http.Request, next caddyhttp.Handler, workers []string, method, path, rawQuery string) []WorkerAnswer {
+	answers := make([]WorkerAnswer, len(workers))
+	var wg sync.WaitGroup
+	for i, worker := range workers {
+		answers[i].Worker = worker
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			answers[i].Answer, _, answers[i].Err = AskWorker(r, next, worker, method, path, rawQuery, nil)
 		}()
 	}
 	wg.Wait()
