@@ -45,6 +45,7 @@ type capabilityProbe struct {
 type features struct {
 	idRoute  capability // how it creates under a chosen id, if it can
 	replay   bool       // POST /sync/replay exists: children can get a chosen id
+	forkID   bool       // POST /session/{sessionID}/fork takes an id
 	metadata bool       // POST /session keeps metadata, so sessions can be tagged
 	refusal  error      // why direct mode cannot work with it
 }
@@ -109,7 +110,7 @@ func featuresOf(answer *upstream.Answer) features {
 		_, ok := doc.Paths[path]["post"].RequestBody.Content["application/json"].Schema.Properties[field]
 		return ok
 	}
-	f := features{metadata: takes("/session", "metadata")}
+	f := features{metadata: takes("/session", "metadata"), forkID: takes("/session/{sessionID}/fork", "id")}
 	_, f.replay = doc.Paths["/sync/replay"]["post"]
 	switch {
 	case takes("/session", "id"):

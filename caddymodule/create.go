@@ -68,6 +68,9 @@ func (h *Handler) serveCreate(w http.ResponseWriter, r *http.Request, next caddy
 // mapping mode, under the id's lock so that it happens once however many
 // creates of the id arrive at once.
 func (h *Handler) createMapped(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, req *createRequest) error {
+	if req.forkOf != "" {
+		return h.forkMapped(w, r, next, req)
+	}
 	ctx := r.Context()
 	log := h.logger.With(zap.String("session_id", req.id))
 	lock := h.lockForCreate(w, r, next, req)
@@ -260,7 +263,7 @@ func (h *Handler) idTaken(w http.ResponseWriter, r *http.Request, next caddyhttp
 		apierror.Storage(w, "session id mapping could not be read")
 		return true
 	}
-	answer, err := h.fleet.Place(r, next, req.id, req.parentID(), preferred)
+	answer, err := h.fleet.Place(r, next, req.id, req.placedWith(), preferred)
 	if err != nil {
 		fleet.PlacementFailed(w, err)
 		return true

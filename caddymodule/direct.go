@@ -31,7 +31,7 @@ func (h *Handler) createDirect(w http.ResponseWriter, r *http.Request, next cadd
 	defer lock.unlock()
 	pending, pendingFound := lock.pending, lock.pendingFound
 
-	existing, err := h.fleet.Place(r, next, req.id, req.parentID(), pending.Worker)
+	existing, err := h.fleet.Place(r, next, req.id, req.placedWith(), pending.Worker)
 	if err != nil {
 		fleet.PlacementFailed(w, err)
 		return nil
@@ -44,6 +44,10 @@ func (h *Handler) createDirect(w http.ResponseWriter, r *http.Request, next cadd
 	if offers.refusal != nil {
 		log.Error("direct mode cannot work with this upstream", zap.String("worker", upstream.Worker(r)), zap.Error(offers.refusal))
 		apierror.Upstream(w, http.StatusNotImplemented, offers.refusal.Error())
+		return nil
+	}
+	if req.forkOf != "" && !offers.forkID {
+		apierror.Upstream(w, http.StatusNotImplemented, "the upstream cannot fork a session under a chosen id (its POST /session/{sessionID}/fork declares no id); use mode mapping for forks under chosen ids")
 		return nil
 	}
 	capability := offers.idRoute
@@ -80,6 +84,8 @@ func (h *Handler) createDirect(w http.ResponseWriter, r *http.Request, next cadd
 	}
 	var answer *upstream.Answer
 	switch {
+	case req.forkOf != "":
+		answer, err = h.forkNative(r, next, req)
 	case capability == capNative:
 		body := cloneBody(req.body)
 		body["id"], _ = json.Marshal(req.id)
@@ -114,7 +120,7 @@ func (h *Handler) createDirect(w http.ResponseWriter, r *http.Request, next cadd
 // attempt did already), records the id, and answers with the session.
 func (h *Handler) finishDirect(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, req *createRequest, capability capability) error {
 	ctx := r.Context()
-	if capability == capOpencodeV2 && req.parentID() == "" {
+	if capability == capOpencodeV2 && req.parentID() == "" && req.forkOf == "" {
 		if patch := req.patchBody(); patch != nil {
 			answer, err := upstream.Ask(r, next, http.MethodPatch, "/session/"+req.id, "", patch)
 			if err != nil {
@@ -144,6 +150,21 @@ func (h *Handler) finishDirect(w http.ResponseWriter, r *http.Request, next cadd
 	}
 	h.ids.Relay(w, r, answer, false)
 	return nil
+}
+
+// forkNative forks through an upstream whose fork route takes the id.
+func (h *Handler) forkNative(r *http.Request, next caddyhttp.Handler, req *createRequest) (*upstream.Answer, error) {
+	body := cloneBody(req.body)
+	body["id"], _ = json.Marshal(req.id)
+	raw, _ := json.Marshal(body)
+	answer, err := upstream.Ask(r, next, http.MethodPost, "/session/"+url.PathEscape(req.forkOf)+"/fork", r.URL.RawQuery, raw)
+	if err != nil || !answer.OK() {
+		return answer, err
+	}
+	if id, err := sessionIDOf(answer.Body.Bytes()); err != nil || id != req.id {
+		return nil, caddyhttp.Error(http.StatusBadGateway, fmt.Errorf("upstream answered the fork without the session %s", req.id))
+	}
+	return answer, nil
 }
 
 // createV2 creates through opencode's v2 route, which takes the id, agent,

@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
-	"net/url"
 	"strings"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -48,6 +47,13 @@ func (h *Handler) proxyNewSession(w http.ResponseWriter, r *http.Request, next c
 			return nil
 		}
 	}
+	if fork && h.Mode == ModeMapping {
+		unlock, ok := h.lockFork(w, r)
+		if !ok {
+			return nil
+		}
+		defer unlock()
+	}
 	if !h.ids.Request(w, r, raw) {
 		return nil
 	}
@@ -80,43 +86,39 @@ func (h *Handler) proxyNewSession(w http.ResponseWriter, r *http.Request, next c
 		if chosen == "" {
 			chosen = rt.Worker
 		}
-		answer = h.untagFork(r, next, chosen, answer)
+		if untagged, err := h.tagFork(r, next, chosen, answer, "", ""); err == nil {
+			answer = untagged
+		} else {
+			// It still names its parent's client id; an interrupted create
+			// of that id will not adopt it, whose attempt it lacks.
+			h.logger.Warn("a fork keeps the tags of the session it was forked from", zap.String("real_id", newSessionIDOf(answer.Body.Bytes())), zap.Error(err))
+		}
 	}
 	h.ids.Relay(w, r, answer, false)
 	return nil
 }
 
-// untagFork removes from a new fork's metadata the tags it copied from its
-// parent (MetadataTag, AttemptTag), upstream, and returns the fork as the
-// upstream answers the change. When the change fails the fork keeps them
-// (it is logged): it still names its parent's client id, and an
-// interrupted create of that id will not adopt it, whose attempt it lacks.
-func (h *Handler) untagFork(r *http.Request, next caddyhttp.Handler, worker string, answer *upstream.Answer) *upstream.Answer {
-	var fork struct {
-		ID       string                     `json:"id"`
-		Metadata map[string]json.RawMessage `json:"metadata"`
+// lockFork takes the fork lock of the session a fork request names (see
+// forkMapped): forks of one session through the proxy are made one at a
+// time, so an interrupted fork under a chosen id can be told apart from
+// the others.
+func (h *Handler) lockFork(w http.ResponseWriter, r *http.Request) (func(), bool) {
+	start, end, _ := sessionSegment(r.URL.Path)
+	parent := r.URL.Path[start:end]
+	real, mapped, err := h.index.RealOf(r.Context(), parent)
+	if err == nil && !mapped {
+		real = parent
 	}
-	if json.Unmarshal(answer.Body.Bytes(), &fork) != nil || !idmap.IsToken(fork.ID) {
-		return answer
+	var unlock func()
+	if err == nil {
+		unlock, err = h.index.Lock(r.Context(), idmap.ForkLockName(real))
 	}
-	_, tagged := fork.Metadata[MetadataTag]
-	_, attempt := fork.Metadata[AttemptTag]
-	if !tagged && !attempt {
-		return answer
+	if err != nil {
+		h.logger.Error("could not lock the session forked", zap.String("session_id", parent), zap.Error(err))
+		apierror.Storage(w, "could not lock session id "+parent)
+		return nil, false
 	}
-	delete(fork.Metadata, MetadataTag)
-	delete(fork.Metadata, AttemptTag)
-	body, _ := json.Marshal(map[string]any{"metadata": fork.Metadata})
-	patched, _, err := upstream.AskWorker(r, next, worker, http.MethodPatch, "/session/"+url.PathEscape(fork.ID), "", body)
-	if err != nil || !patched.OK() {
-		status := 0
-		if patched != nil {
-			status = patched.Status
-		}
-		h.logger.Warn("a fork keeps the tags of the session it was forked from", zap.String("real_id", fork.ID), zap.Int("status", status), zap.Error(err))
-		return answer
-	}
-	return patched
+	return unlock, true
 }
 
 // parentIDOf reads parentID from a JSON create body, if it has one.

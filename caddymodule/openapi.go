@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
+	"strings"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
@@ -85,17 +86,27 @@ func (h *Handler) augment(doc map[string]any) {
 	paths := openapi.Child(doc, "paths")
 	h.Idempotency.Augment(schemas, paths)
 	h.Events.Augment(schemas, paths)
-	for _, route := range []string{"/session", "/api/session"} {
+	routes := []string{"/session", "/api/session"}
+	if h.Mode == ModeMapping {
+		// In direct mode a fork takes an id only where the upstream's own
+		// fork does, and its document says so itself.
+		routes = append(routes, "/session/{sessionID}/fork")
+	}
+	for _, route := range routes {
 		item, _ := paths[route].(map[string]any)
 		post, _ := item["post"].(map[string]any)
 		if post == nil {
 			continue
 		}
+		what := "session"
+		if route != "/session" && route != "/api/session" {
+			what = "fork"
+		}
 		if props := bodyProperties(post, schemas); props != nil {
 			props["id"] = map[string]any{
 				"type": "string", "pattern": idPattern, "maxLength": len(idmap.Prefix) + idmap.MaxSuffixLen,
-				"description": fmt.Sprintf("The session's id, chosen by the client (the session_ids proxy, mode %s). "+
-					"A create of an id that exists is answered by the duplicate policy %q.", h.Mode, h.duplicates),
+				"description": fmt.Sprintf("The %s's id, chosen by the client (the session_ids proxy, mode %s). "+
+					"A %s of an id that exists is answered by the duplicate policy %q.", what, h.Mode, strings.Replace(what, "session", "create", 1), h.duplicates),
 			}
 		}
 		responses := openapi.Child(post, "responses")

@@ -17,12 +17,25 @@ type createRequest struct {
 	directory string                     // from the query, header or v2 location
 	fields    idmap.Fields
 	v2        bool // answer in the v2 shape, {"data": session}
+
+	// forkOf is, for a fork under a chosen id (POST /session/{forkOf}/fork),
+	// the client id of the session forked; body is then the fork's body.
+	forkOf string
 }
 
 func (req *createRequest) parentID() string {
 	var id string
 	_ = json.Unmarshal(req.body["parentID"], &id)
 	return id
+}
+
+// placedWith is the session whose worker the new session must be made on:
+// the one it forks, or its parent; "" for a root session.
+func (req *createRequest) placedWith() string {
+	if req.forkOf != "" {
+		return req.forkOf
+	}
+	return req.parentID()
 }
 
 // patchBody is what a v1 PATCH must set after a v2 create, which takes only

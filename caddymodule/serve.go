@@ -49,7 +49,8 @@ import (
 //     names, found if need be; a session whose worker cannot be known or is
 //     not configured is answered 503 here.
 //  7. Then, by what the request is: DELETE of a session; POST
-//     /session/{id}/fork (placed on the parent's worker); with
+//     /session/{id}/fork (on the parent's worker; with an id in its body,
+//     made under that id exactly once, as a create); with
 //     create_missing, the session of an unknown well-formed id is created
 //     first (and the request routed again, to the worker its create chose);
 //     a keyed prompt (Idempotency-Key) is answered exactly once; anything
@@ -110,7 +111,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return h.serveDelete(w, r, next)
 	}
 	if r.Method == http.MethodPost && strings.HasSuffix(r.URL.Path, "/fork") && isSessionItem(strings.TrimSuffix(r.URL.Path, "/fork")) {
-		return h.proxyNewSession(w, r, next, nil)
+		return h.serveFork(w, r, next)
 	}
 	if h.CreateMissing {
 		if id, ok := createMissingTarget(r); ok {

@@ -10,8 +10,11 @@ import (
 // duplicate policy: a second create of the same id "matches" the first when it
 // provides the same value for each of them (absent counts as a value). The
 // location (directory, workspace) comes from the query string or headers; the
-// rest from the JSON body.
-var ComparedFields = []string{"title", "agent", "model", "metadata", "permission", "parentID", "workspaceID", "directory", "workspace"}
+// rest from the JSON body. A fork under a chosen id (POST
+// /session/{id}/fork) is defined by the session it forks (forkOf, a client
+// id, from the path) and the message it forks at (messageID), with its
+// location: a fork and a create of one id never match.
+var ComparedFields = []string{"title", "agent", "model", "metadata", "permission", "parentID", "workspaceID", "directory", "workspace", "forkOf", "messageID"}
 
 // Fields holds the compared create parameters of one request, each as
 // canonical JSON (object keys sorted, insignificant white space removed), so

@@ -94,6 +94,19 @@ func OpenAPI() obj {
 						"permission": obj{"type": "array", "items": obj{}}, "time": obj{"type": "object", "properties": obj{"archived": obj{"type": "number"}}}}}),
 				"delete": operation("session.delete", "Delete a session and its children", item, obj{"200": response("Deleted", obj{"type": "boolean"}), "404": notFoundResp}),
 			},
+			"/session/{sessionID}/fork": obj{"post": withBody(operation("session.fork", "Fork a session, under a chosen id if given", append([]obj{sessionIDParam}, directoryParam, workspaceParam),
+				obj{
+					"200": obj{"description": "The fork, or the existing one when the fork is a replay",
+						"headers": obj{"Idempotent-Replayed": obj{"description": "true when an existing session is returned", "schema": obj{"type": "string", "enum": []string{"true"}}}},
+						"content": jsonContent(ref("Session"))},
+					"400": badRequestResp,
+					"404": notFoundResp,
+					"409": response("The id exists and the duplicate policy refuses this fork", ref("ConflictError")),
+				}), obj{"type": "object", "properties": obj{
+				"id": obj{"type": "string", "pattern": IDPattern, "maxLength": len(idmap.Prefix) + idmap.MaxSuffixLen,
+					"description": "The fork's id, chosen by the client. Omitted: the server generates one."},
+				"messageID": obj{"type": "string", "pattern": "^msg", "description": "Copy the messages before this one; omitted, all of them."},
+			}})},
 			"/session/{sessionID}/children": obj{"get": operation("session.children", "Child sessions", item,
 				obj{"200": response("Children", obj{"type": "array", "items": ref("Session")}), "404": notFoundResp})},
 			"/session/{sessionID}/message": obj{

@@ -67,6 +67,7 @@ func (s *Server) routes() {
 	s.mux.HandleFunc("PATCH /session/{id}", s.patch)
 	s.mux.HandleFunc("DELETE /session/{id}", s.delete)
 	s.mux.HandleFunc("GET /session/{id}/children", s.children)
+	s.mux.HandleFunc("POST /session/{id}/fork", s.fork)
 	s.mux.HandleFunc("GET /session/{id}/message", s.messages)
 	s.mux.HandleFunc("POST /session/{id}/message", s.prompt(true))
 	s.mux.HandleFunc("POST /session/{id}/prompt_async", s.prompt(false))

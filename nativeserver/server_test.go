@@ -105,9 +105,12 @@ func TestOpenAPIDeclaresChosenIDsAndConflicts(t *testing.T) {
 	if doc.OpenAPI != "3.1.0" || create.RequestBody.Content["application/json"].Schema.Properties["id"].Pattern != IDPattern || create.Responses["409"] == nil {
 		t.Fatalf("POST /session lacks id or 409: %+v", create)
 	}
+	if fork := doc.Paths["/session/{sessionID}/fork"]["post"]; fork.RequestBody.Content["application/json"].Schema.Properties["id"].Pattern != IDPattern || fork.Responses["409"] == nil {
+		t.Fatalf("POST /session/{sessionID}/fork lacks id or 409: %+v", fork)
+	}
 	// Every route the server serves is in the document, and nothing else.
 	want := []string{"/global/health", "/doc", "/event", "/session", "/session/{sessionID}", "/session/{sessionID}/children",
-		"/session/{sessionID}/message", "/session/{sessionID}/prompt_async"}
+		"/session/{sessionID}/fork", "/session/{sessionID}/message", "/session/{sessionID}/prompt_async"}
 	if len(doc.Paths) != len(want) {
 		t.Fatalf("%d paths documented, want %d", len(doc.Paths), len(want))
 	}

@@ -1,0 +1,392 @@
+package caddymodule
+
+import (
+	"encoding/json"
+	"errors"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+
+	"github.com/sessionid/caddy-sessionid/idmap"
+	"github.com/sessionid/caddy-sessionid/internal/apierror"
+	"github.com/sessionid/caddy-sessionid/internal/upstream"
+)
+
+// serveFork handles POST /session/{id}/fork. Without an id in the body it is
+// an ordinary fork, under an id the upstream picks; with one, the fork is
+// made, found or refused under that id exactly as a create is: the id
+// grammar, the duplicate policy (forkOf and messageID are its fields) and
+// exactly once, through crashes.
+func (h *Handler) serveFork(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	var raw []byte
+	if r.Body != nil && r.Body != http.NoBody {
+		var err error
+		if raw, err = upstream.ReadBody(r, h.MaxBodySize); err != nil {
+			upstream.BodyRefused(w, err, h.MaxBodySize)
+			return nil
+		}
+	}
+	if err := h.ids.CheckIDs([]byte(r.URL.RawQuery), raw); err != nil {
+		upstream.BodyRefused(w, err, h.MaxBodySize)
+		return nil
+	}
+	req, ok := h.parseFork(w, r, raw)
+	switch {
+	case !ok:
+		return nil
+	case req == nil:
+		return h.proxyNewSession(w, r, next, raw)
+	}
+	return h.createSession(w, r, next, req)
+}
+
+// parseFork validates a fork body. It returns nil for a fork without an id,
+// and answers 400 itself for a bad body or id.
+func (h *Handler) parseFork(w http.ResponseWriter, r *http.Request, raw []byte) (*createRequest, bool) {
+	body, id, ok := h.decodeCreate(w, raw)
+	if body == nil || !ok {
+		return nil, ok
+	}
+	if v, ok := body["messageID"]; ok {
+		var messageID string
+		if json.Unmarshal(v, &messageID) != nil {
+			apierror.BadRequest(w, "messageID must be a string", map[string]any{"field": "messageID"})
+			return nil, false
+		}
+	}
+	start, end, _ := sessionSegment(r.URL.Path)
+	parent := r.URL.Path[start:end]
+	compared := map[string]json.RawMessage{"forkOf": json.RawMessage(quoted(parent))}
+	if v, ok := body["messageID"]; ok {
+		compared["messageID"] = v
+	}
+	location := requestLocation(r)
+	return &createRequest{id: id, body: body, forkOf: parent, directory: location["directory"],
+		fields: idmap.NewFields(compared, location)}, true
+}
+
+// forkMapped makes, finds or refuses the fork of one client id in mapping
+// mode. It holds the id's lock, as a create does, and the fork lock of the
+// session forked, so that of the forks of one session made through the
+// proxy only this one can be in flight.
+//
+// The upstream's fork copies the parent's metadata, its tags among them, so
+// the fork is tagged with its own client id and attempt (a PATCH of its
+// metadata) before its mapping is stored. A crash before that PATCH leaves
+// a fork that names its parent; the retry finds it by elimination (see
+// adoptFork).
+func (h *Handler) forkMapped(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, req *createRequest) error {
+	ctx := r.Context()
+	log := h.logger.With(zap.String("session_id", req.id), zap.String("fork_of", req.forkOf))
+	lock := h.lockForCreate(w, r, next, req)
+	if lock == nil {
+		return nil
+	}
+	defer lock.unlock()
+	pending := lock.pending
+
+	if taken := h.idTaken(w, r, next, req, pending.Worker); taken {
+		return nil
+	}
+	parent, mapped, err := h.index.RealOf(ctx, req.forkOf)
+	if err != nil {
+		h.logger.Error("session id mapping could not be read", zap.Error(err))
+		apierror.Storage(w, "session id mapping could not be read")
+		return nil
+	}
+	if !mapped {
+		parent = req.forkOf // a session made without an id: its id is its own
+	}
+	unlockParent, err := h.index.Lock(ctx, idmap.ForkLockName(parent))
+	if err != nil {
+		log.Error("could not lock the session forked", zap.Error(err))
+		apierror.Storage(w, "could not lock session id "+req.forkOf)
+		return nil
+	}
+	defer unlockParent()
+
+	lookup := &lookupFunc{resolve: h.index.RealOf, ctx: ctx}
+	if q, replaced := idmap.Replace([]byte(r.URL.RawQuery), lookup.lookup); replaced > 0 {
+		r.URL.RawQuery = string(q)
+	}
+	upBody, _ := json.Marshal(req.body)
+	upBody, _ = idmap.Replace(upBody, lookup.lookup)
+	if lookup.err != nil {
+		h.logger.Error("session id mapping could not be read", zap.Error(lookup.err))
+		apierror.Storage(w, "session id mapping could not be read")
+		return nil
+	}
+
+	if lock.pendingFound {
+		adopted, err := h.adoptFork(w, r, next, req, pending, parent)
+		if adopted || err != nil {
+			return err
+		}
+	}
+	worker := upstream.Worker(r)
+	attempt := idmap.NewAttempt()
+	if err := h.index.Store.SavePending(ctx, idmap.Pending{ClientID: req.id, Fields: req.fields, Query: r.URL.RawQuery, Started: time.Now().UTC(), Worker: worker, Attempt: attempt}); err != nil {
+		h.logger.Error("session id mapping could not be read or written", zap.Error(err))
+		apierror.Storage(w, "session id mapping could not be read or written")
+		return nil
+	}
+
+	endCreate := h.index.BeginCreate()
+	answer, err := upstream.Ask(r, next, http.MethodPost, "/session/"+url.PathEscape(parent)+"/fork", r.URL.RawQuery, upBody)
+	if err == nil && answer.OK() {
+		return h.finishFork(w, r, next, req, answer, worker, attempt, endCreate)
+	}
+	endCreate()
+	if err != nil {
+		log.Warn("upstream fork failed", zap.Error(err))
+		apierror.Upstream(w, upstream.FailureStatus(err), "upstream could not fork the session: "+err.Error())
+		return nil
+	}
+	if !answer.OK() {
+		if answer.Status < 500 { // refused: nothing was made
+			_ = h.index.Store.RemovePending(ctx, req.id)
+		}
+		h.ids.Relay(w, r, answer, false)
+		return nil
+	}
+	return nil
+}
+
+// finishFork tags the fork the upstream made and maps it. endCreate ends
+// the create in flight once the mapping is stored (or cannot be).
+func (h *Handler) finishFork(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, req *createRequest, answer *upstream.Answer, worker, attempt string, endCreate func()) error {
+	log := h.logger.With(zap.String("session_id", req.id), zap.String("fork_of", req.forkOf))
+	fork, err := sessionIDOf(answer.Body.Bytes())
+	if err != nil {
+		endCreate()
+		log.Error("upstream fork answered without a usable id", zap.Error(err))
+		apierror.Upstream(w, http.StatusBadGateway, err.Error())
+		return nil
+	}
+	tagged, err := h.tagFork(r, next, worker, answer, req.id, attempt)
+	if err != nil {
+		endCreate()
+		// The fork exists and still names its parent: the pending record
+		// stays, and the retry finds the fork (adoptFork).
+		log.Warn("the fork could not be tagged with its id", zap.String("real_id", fork), zap.Error(err))
+		apierror.Upstream(w, upstream.FailureStatus(err), "the session was forked but could not be tagged with its id; retry the fork to finish it: "+err.Error())
+		return nil
+	}
+	if h.mapFork(w, r, req, fork, worker, tagged, endCreate) {
+		log.Info("session forked", zap.String("real_id", fork), zap.String("worker", worker))
+	}
+	return nil
+}
+
+// mapFork stores the mapping of a fork that carries its own tags, drops the
+// pending record and answers with the fork; done runs once the mapping is
+// stored or has failed, before the answer goes out. It reports whether the
+// fork was mapped.
+func (h *Handler) mapFork(w http.ResponseWriter, r *http.Request, req *createRequest, fork, worker string, answer *upstream.Answer, done func()) bool {
+	ctx := r.Context()
+	err := h.index.Save(ctx, idmap.Mapping{ClientID: req.id, RealID: fork, Fields: req.fields, Created: time.Now().UTC(), Worker: worker})
+	done()
+	if err != nil {
+		h.logger.Error("session forked upstream but its mapping could not be stored", zap.String("session_id", req.id), zap.String("real_id", fork), zap.Error(err))
+		apierror.Storage(w, "the session was forked but its id mapping could not be stored; retry the fork to adopt it")
+		return false
+	}
+	if err := h.index.Store.RemovePending(ctx, req.id); err != nil {
+		h.logger.Warn("could not remove pending create record", zap.String("session_id", req.id), zap.Error(err))
+	}
+	h.count(sessionMetrics.creates)
+	h.ids.Relay(w, r, answer, false)
+	return true
+}
+
+// tagFork sets a fork's tags, upstream: the client id and create attempt
+// it is made under (none for a fork without an id), in place of those it
+// copied from its parent; the rest of its metadata stays. It returns the
+// fork as the upstream answers the change.
+func (h *Handler) tagFork(r *http.Request, next caddyhttp.Handler, worker string, answer *upstream.Answer, clientID, attempt string) (*upstream.Answer, error) {
+	var fork struct {
+		ID       string                     `json:"id"`
+		Metadata map[string]json.RawMessage `json:"metadata"`
+	}
+	if err := json.Unmarshal(answer.Body.Bytes(), &fork); err != nil || !idmap.IsToken(fork.ID) {
+		return nil, caddyhttp.Error(http.StatusBadGateway, errors.New("the upstream's fork is not a session"))
+	}
+	meta := fork.Metadata
+	if meta == nil {
+		meta = map[string]json.RawMessage{}
+	}
+	_, tagged := meta[MetadataTag]
+	_, tried := meta[AttemptTag]
+	if clientID == "" && !tagged && !tried {
+		return answer, nil
+	}
+	delete(meta, MetadataTag)
+	delete(meta, AttemptTag)
+	if clientID != "" {
+		meta[MetadataTag] = json.RawMessage(quoted(clientID))
+		meta[AttemptTag] = json.RawMessage(quoted(attempt))
+	}
+	body, _ := json.Marshal(map[string]any{"metadata": meta})
+	patched, _, err := upstream.AskWorker(r, next, worker, http.MethodPatch, "/session/"+url.PathEscape(fork.ID), "", body)
+	if err != nil {
+		return nil, err
+	}
+	if !patched.OK() {
+		return nil, caddyhttp.Error(http.StatusBadGateway, errors.New("the upstream answered "+http.StatusText(patched.Status)+" to the change of the fork's metadata"))
+	}
+	return patched, nil
+}
+
+// adoptFork finishes a fork of the client id that an earlier attempt left
+// pending. It reports true when it answered.
+//
+// A fork the earlier attempt tagged carries the id and that attempt, like
+// the session of a create, and is adopted (or, asked for with other fields,
+// deleted) as one. A fork the attempt made but did not tag yet carries its
+// parent's metadata, as every fork of that parent does; it is the one
+// session that is
+//   - not the parent, and not mapped to any client id;
+//   - titled as opencode titles a fork of the parent ("<title> (fork #N)");
+//   - tagged as the parent is (or, like it, not at all);
+//   - created in the pending record's time window.
+//
+// Forks through the proxy are made one at a time per parent (the fork
+// lock), so only a fork made on the worker directly, behind the proxy's
+// back, in that window could be a second such session; with two, neither is
+// adopted or deleted, and the fork is made again. A fork found this way is
+// never deleted: it is adopted, tagged first, when it was asked for with
+// the fields asked for now, and left alone otherwise.
+func (h *Handler) adoptFork(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, req *createRequest, pending idmap.Pending, parent string) (bool, error) {
+	log := h.logger.With(zap.String("session_id", req.id), zap.String("fork_of", req.forkOf))
+	parentAnswer, err := upstream.Ask(r, next, http.MethodGet, "/session/"+url.PathEscape(parent), "", nil)
+	if err != nil {
+		apierror.Upstream(w, upstream.FailureStatus(err), "upstream could not be asked for the session forked: "+err.Error())
+		return true, nil
+	}
+	if !parentAnswer.OK() {
+		// Without its parent, an untagged fork cannot be recognised; a
+		// tagged one still can.
+		parentAnswer = nil
+	}
+	var parentSession listedSession
+	if parentAnswer != nil && json.Unmarshal(parentAnswer.Body.Bytes(), &parentSession) != nil {
+		parentAnswer = nil
+	}
+	answer, err := upstream.Ask(r, next, http.MethodGet, "/session", pending.Query, nil)
+	if err != nil {
+		apierror.Upstream(w, upstream.FailureStatus(err), "upstream could not be searched for an interrupted fork: "+err.Error())
+		return true, nil
+	}
+	if !answer.OK() {
+		h.ids.Relay(w, r, answer, false)
+		return true, nil
+	}
+	var listed []json.RawMessage
+	if err := json.Unmarshal(answer.Body.Bytes(), &listed); err != nil {
+		apierror.Upstream(w, http.StatusBadGateway, "upstream session list is not a JSON array")
+		return true, nil
+	}
+	var tagged, untagged []listedSession
+	for _, raw := range listed {
+		var s listedSession
+		if json.Unmarshal(raw, &s) != nil || !idmap.IsToken(s.ID) || s.ID == parent {
+			continue
+		}
+		s.raw = raw
+		switch {
+		case pending.Attempt != "" && string(s.Metadata[MetadataTag]) == quoted(req.id) && string(s.Metadata[AttemptTag]) == quoted(pending.Attempt):
+			tagged = append(tagged, s)
+		case parentAnswer != nil && h.couldBeFork(r, s, parentSession, pending):
+			untagged = append(untagged, s)
+		}
+	}
+	worker := upstream.Worker(r)
+	same := len(pending.Fields.Diff(req.fields)) == 0
+	for _, s := range tagged {
+		if !same {
+			log.Info("deleting the fork of an interrupted fork made with other fields", zap.String("real_id", s.ID))
+			gone, err := upstream.Ask(r, next, http.MethodDelete, "/session/"+url.PathEscape(s.ID), "", nil)
+			if err != nil || !gone.OK() && gone.Status != http.StatusNotFound {
+				apierror.Upstream(w, http.StatusBadGateway, "upstream could not delete the fork of an interrupted fork")
+				return true, nil
+			}
+			continue
+		}
+		found := upstream.NewAnswer(http.StatusOK, answer.Header())
+		found.Body.Write(s.raw)
+		if h.mapFork(w, r, req, s.ID, worker, found, func() {}) {
+			log.Info("adopted the fork of an interrupted fork", zap.String("real_id", s.ID))
+			h.count(sessionMetrics.adopted)
+		}
+		return true, nil
+	}
+	switch {
+	case len(untagged) == 0 || len(tagged) > 0:
+		return false, nil
+	case len(untagged) > 1:
+		log.Warn("an interrupted fork may have left a fork upstream, but several match; forking again", zap.Int("candidates", len(untagged)))
+		return false, nil
+	case !same:
+		return false, nil
+	}
+	s := untagged[0]
+	found := upstream.NewAnswer(http.StatusOK, answer.Header())
+	found.Body.Write(s.raw)
+	retagged, err := h.tagFork(r, next, worker, found, req.id, pending.Attempt)
+	if err != nil {
+		apierror.Upstream(w, upstream.FailureStatus(err), "the fork of an interrupted fork could not be tagged with its id; retry the fork: "+err.Error())
+		return true, nil
+	}
+	if h.mapFork(w, r, req, s.ID, worker, retagged, func() {}) {
+		log.Info("adopted the untagged fork of an interrupted fork", zap.String("real_id", s.ID))
+		h.count(sessionMetrics.adopted)
+	}
+	return true, nil
+}
+
+// couldBeFork reports whether a session may be the fork an interrupted fork
+// made of parent before tagging it (see adoptFork).
+func (h *Handler) couldBeFork(r *http.Request, s, parent listedSession, pending idmap.Pending) bool {
+	created := time.UnixMilli(s.Time.Created)
+	if created.Before(pending.Started.Add(-orphanBefore)) || created.After(pending.Started.Add(orphanAfter)) {
+		return false
+	}
+	if !isForkTitle(s.Title, parent.Title) {
+		return false
+	}
+	for _, tag := range []string{MetadataTag, AttemptTag} {
+		if string(s.Metadata[tag]) != string(parent.Metadata[tag]) {
+			return false
+		}
+	}
+	_, err := h.index.Store.ClientOf(r.Context(), s.ID)
+	return errors.Is(err, idmap.ErrNotFound)
+}
+
+// isForkTitle reports whether title is one opencode gives a fork of a
+// session titled parent: "<parent> (fork #1)", or for a parent that is
+// itself "<base> (fork #N)", "<base> (fork #N+1)" (any number is taken).
+func isForkTitle(title, parent string) bool {
+	base := parent
+	if i := strings.LastIndex(parent, " (fork #"); i >= 0 && strings.HasSuffix(parent, ")") && isDigits(parent[i+len(" (fork #"):len(parent)-1]) {
+		base = parent[:i]
+	}
+	rest, ok := strings.CutPrefix(title, base+" (fork #")
+	return ok && strings.HasSuffix(rest, ")") && isDigits(rest[:len(rest)-1])
+}
+
+func isDigits(s string) bool {
+	if s == "" {
+		return false
+	}
+	for _, c := range s {
+		if c < '0' || c > '9' {
+			return false
+		}
+	}
+	return true
+}
