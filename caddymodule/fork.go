@@ -167,7 +167,16 @@ func (h *Handler) finishFork(w http.ResponseWriter, r *http.Request, next caddyh
 		apierror.Upstream(w, http.StatusBadGateway, err.Error())
 		return nil
 	}
-	tagged, err := h.tagFork(r, next, worker, answer, req.id, attempt)
+	if afterFork != nil {
+		afterFork()
+	}
+	offers, err := h.features(r, next)
+	tagged := answer
+	if err == nil && offers.metadata {
+		tagged, err = h.tagFork(r, next, worker, answer, req.id, attempt)
+	}
+	// An upstream that keeps no metadata (opencode 1.15) copies none: its
+	// interrupted forks are found by elimination alone.
 	if err != nil {
 		endCreate()
 		// The fork exists and still names its parent: the pending record

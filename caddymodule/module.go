@@ -284,6 +284,9 @@ func (h *Handler) setup(index *idmap.Index, storageKey string) error {
 	default:
 		h.ids, h.createSession = mappedIDs{h}, h.createMapped
 	}
+	if afterFork != nil {
+		h.logger.Error("test-only fault hook enabled: this process will kill itself after a fork under a chosen id", zap.String(idempotency.FaultEnv, faultCrashAfterFork))
+	}
 	if err := h.Auth.Provision(); err != nil {
 		return err
 	}

@@ -11,7 +11,8 @@ package idempotency
 // hook is armed.
 const FaultEnv = "SESSION_IDS_TEST_FAULT"
 
-// faultCrashAfterPrompt is the only fault.
+// faultCrashAfterPrompt is the fault of keyed prompts (forks have their own:
+// caddymodule.faultCrashAfterFork).
 const faultCrashAfterPrompt = "crash-after-prompt"
 
 // afterPrompt is called between the upstream's answer to a keyed prompt and
