@@ -212,6 +212,19 @@ type sdkFlow struct {
 	Prompt   int
 	Messages []struct{ SessionID, Role, Text string }
 	Events   []json.RawMessage
+	V1Fork   struct {
+		Status    int
+		ID, Title string
+	}
+	V1ForkReplay struct {
+		Status   int
+		Replayed string
+	}
+	V2Fork struct {
+		Status int
+		ID     string
+	}
+	ForkMessages []struct{ SessionID, Role string }
 }
 
 // runSDKFlow runs the SDK flow against base and checks what every proxy
@@ -246,6 +259,20 @@ func runSDKFlow(t *testing.T, tools, base, v1ID, v2ID string) sdkFlow {
 	}
 	if len(got.Events) < 3 {
 		t.Fatalf("only %d events", len(got.Events))
+	}
+	if got.V1Fork.Status != 200 || got.V1Fork.ID != v1ID+"_fork" || got.V1Fork.Title != "sdk v1 (fork #1)" || got.V1ForkReplay.Replayed != "true" {
+		t.Fatalf("v1 fork under an id, and again: %+v %+v", got.V1Fork, got.V1ForkReplay)
+	}
+	if got.V2Fork.Status != 200 || got.V2Fork.ID != v2ID+"_fork" {
+		t.Fatalf("v2 fork under an id: %+v", got.V2Fork)
+	}
+	if len(got.ForkMessages) != len(got.Messages) {
+		t.Fatalf("the fork has %d messages, its parent %d", len(got.ForkMessages), len(got.Messages))
+	}
+	for _, m := range got.ForkMessages {
+		if m.SessionID != v1ID+"_fork" {
+			t.Fatalf("a message of the fork names session %q", m.SessionID)
+		}
 	}
 	return got
 }

@@ -322,6 +322,11 @@ func TestFleet(t *testing.T) {
 		if n != 1 {
 			t.Fatalf("the SDK's session is on %d workers", n)
 		}
+		for _, fork := range []string{v1ID + "_fork", v2ID + "_fork"} {
+			if w, n := f.holder(t, fork); n != 1 || w != holder {
+				t.Fatalf("the fork %s is on worker %d (of %d holding it), its parent on %d", fork, w, n, holder)
+			}
+		}
 		real := ""
 		for _, s := range upstreamSessionsOf(t, f.workers[holder], v1ID) {
 			real = s.ID

@@ -1,6 +1,7 @@
 // Drives a session_ids proxy with opencode's official SDK, the way an
 // orchestrator would: create sessions under chosen ids with the v1 and v2
-// clients, prompt one, read its messages and watch its events. Prints what it
+// clients, prompt one, read its messages and watch its events, then fork it
+// under chosen ids with both clients. Prints what it
 // saw as JSON for the Go test to judge.
 //
 //   node sdk-flow.mjs <base url> <v1 id> <v2 id>
@@ -41,5 +42,16 @@ out.messages = (messages.data ?? []).map((m) => ({
   role: m.info.role,
   text: m.parts.filter((p) => p.type === "text").map((p) => p.text).join(""),
 }));
+
+// Forks under chosen ids: the v1 body goes out as given; the v2 client
+// puts a "$body_" parameter in the body.
+const forkV1 = await v1.session.fork({ path: { id: v1ID }, body: { id: v1ID + "_fork" } });
+out.v1Fork = { status: forkV1.response.status, id: forkV1.data?.id, title: forkV1.data?.title };
+const forkV1Again = await v1.session.fork({ path: { id: v1ID }, body: { id: v1ID + "_fork" } });
+out.v1ForkReplay = { status: forkV1Again.response.status, replayed: forkV1Again.response.headers.get("idempotent-replayed") };
+const forkV2 = await v2.session.fork({ sessionID: v1ID, $body_id: v2ID + "_fork" });
+out.v2Fork = { status: forkV2.response.status, id: forkV2.data?.id };
+const forkMessages = await v1.session.messages({ path: { id: v1ID + "_fork" } });
+out.forkMessages = (forkMessages.data ?? []).map((m) => ({ sessionID: m.info.sessionID, role: m.info.role }));
 console.log(JSON.stringify(out));
 process.exit(0);
