@@ -126,21 +126,34 @@ var createdWithClientID = regexp.MustCompile(`"sessionID":"(ses_[A-Za-z0-9_-]+)"
 // event can arrive while another instance is still storing the mapping, and
 // the new real id would otherwise pass unrewritten and be remembered as
 // unmapped for negative_ttl.
-func (h *Handler) followCreate(ctx context.Context, ev []byte) {
+//
+// It returns the event with a copied tag corrected: opencode copies a
+// session's metadata to its forks, so a fork's session.created names its
+// parent's client id. A tag that does not name the session it is on is
+// replaced by the session's own id, which the rewrite then turns into the
+// fork's client id (or leaves as the id of a fork without one): no fork is
+// ever announced under another session's client id.
+func (h *Handler) followCreate(ctx context.Context, ev []byte) []byte {
 	if !bytes.Contains(ev, []byte(`"type":"session.created`)) || !bytes.Contains(ev, []byte(`"clientSessionID"`)) {
-		return
+		return ev
 	}
 	m := createdWithClientID.FindSubmatch(ev)
 	if m == nil {
-		return
+		return ev
 	}
 	// Followed even when the real id is known here already: a "not mapped"
 	// this instance cached for the client id (a request that came too
 	// early) goes too. A create is one storage read.
 	realID, clientID := string(m[1]), string(m[2])
-	if _, err := h.index.Follow(ctx, clientID, realID, followWait); err != nil {
+	ours, err := h.index.Follow(ctx, clientID, realID, followWait)
+	if err != nil {
 		h.logger.Warn("could not follow a create announced on an event stream", zap.String("client_id", clientID), zap.String("real_id", realID), zap.Error(err))
+		return ev
 	}
+	if ours || clientID == realID {
+		return ev
+	}
+	return bytes.ReplaceAll(ev, []byte(`"clientSessionID":"`+clientID+`"`), []byte(`"clientSessionID":"`+realID+`"`))
 }
 
 // Interface guards

@@ -295,9 +295,35 @@ func TestMappingMode(t *testing.T) {
 	t.Run("a fork names no other session's client id", func(t *testing.T) {
 		clientID := id("forkparent")
 		call(t, "POST", proxy.URL+"/session", map[string]any{"id": clientID, "title": "parent", "metadata": map[string]any{"team": "a"}}, "")
+		events := subscribe(t, proxy.URL+"/event", "")
 		r := call(t, "POST", proxy.URL+"/session/"+clientID+"/fork", map[string]any{}, "")
 		var fork session
 		r.json(t, &fork)
+		withID := clientID + "_branch"
+		if r := call(t, "POST", proxy.URL+"/session/"+clientID+"/fork", map[string]any{"id": withID}, ""); r.Status != 200 {
+			t.Fatalf("the fork under an id: %d %s", r.Status, r.Body)
+		}
+		// opencode announces a fork with the metadata it copied; the
+		// stream names each fork by its own id.
+		created := map[string]string{}
+		events.until(t, 30*time.Second, func(e string) bool {
+			var ev struct {
+				Type       string
+				Properties struct {
+					Info session
+				}
+			}
+			if json.Unmarshal([]byte(e), &ev) == nil && ev.Type == "session.created" {
+				tag, _ := ev.Properties.Info.Metadata["clientSessionID"].(string)
+				created[ev.Properties.Info.ID] = tag
+			}
+			_, a := created[fork.ID]
+			_, b := created[withID]
+			return a && b
+		})
+		if created[fork.ID] != fork.ID || created[withID] != withID {
+			t.Fatalf("the forks were announced with the tags %v; want each its own id (%s, %s)", created, fork.ID, withID)
+		}
 		if r.Status != 200 || fork.ID == clientID || fork.Metadata["clientSessionID"] != nil || fork.Metadata["clientSessionAttempt"] != nil {
 			t.Fatalf("the fork's answer: %d %s", r.Status, r.Body)
 		}
