@@ -53,6 +53,19 @@ func TestClients(t *testing.T) {
 		if _, ok := create.Responses["409"]; !ok || create.Responses["200"].Headers["Idempotent-Replayed"] == nil {
 			t.Fatalf("POST /session lacks the 409 or the replay header: %+v", create.Responses)
 		}
+		fork := doc.Paths["/session/{sessionID}/fork"]["post"]
+		if _, conflict := fork.Responses["409"]; fork.RequestBody.Content["application/json"].Schema.Properties["id"].Pattern == "" || !conflict || fork.Responses["200"].Headers["Idempotent-Replayed"] == nil {
+			t.Fatalf("POST /session/{sessionID}/fork does not declare the id, its 409 and the replay header: %+v", fork)
+		}
+		own := doc
+		own.Paths = nil
+		upstream.json(t, &own)
+		if _, ok := own.Paths["/session/{sessionID}/fork"]["post"].RequestBody.Content["application/json"].Schema.Properties["id"]; ok {
+			t.Fatal("opencode's own fork declares an id; the check above proves nothing")
+		}
+		if _, ok := own.Paths["/session/{sessionID}/fork"]["post"].RequestBody.Content["application/json"].Schema.Properties["messageID"]; !ok {
+			t.Fatal("opencode's own fork body is not where the test looks")
+		}
 		if !strings.Contains(doc.Paths["/session/{sessionID}/prompt_async"]["post"].Description, "create_missing") {
 			t.Fatal("create_missing is not documented on prompt_async")
 		}
