@@ -200,6 +200,41 @@ func TestTwoNodeCluster(t *testing.T) {
 		t.Logf("A followed after %v", time.Since(changed).Round(time.Millisecond))
 	})
 
+	t.Run("a session deleted through one node stays deleted for reads on the other, with create_missing, in both modes", func(t *testing.T) {
+		for _, mode := range []string{"mapping", "direct"} {
+			env := []string{"REDIS_ADDRESS=" + redis, "CACHE_TTL=" + cacheTTL.String(), "CREATE_MISSING=true", "MODE=" + mode, "NAMESPACE=deleted-" + mode}
+			one := startCaddyWith(t, bin, "Caddyfile.cluster.example", oc.URL, env...)
+			other := startCaddyWith(t, bin, "Caddyfile.cluster.example", oc.URL, env...)
+			clientID := id("deleted_" + mode)
+			if r := call(t, "POST", one.URL+"/session", map[string]any{"id": clientID, "title": "to delete"}, ""); r.Status != 200 {
+				t.Fatalf("%s: create: %d %s", mode, r.Status, r.Body)
+			}
+			if r := call(t, "GET", other.URL+"/session/"+clientID, nil, ""); r.Status != 200 { // cached on the other node
+				t.Fatalf("%s: read through the other node: %d %s", mode, r.Status, r.Body)
+			}
+			if r := call(t, "DELETE", one.URL+"/session/"+clientID, nil, ""); r.Status != 200 {
+				t.Fatalf("%s: delete: %d %s", mode, r.Status, r.Body)
+			}
+			before := upstreamSessionCount(t, oc)
+			deadline := time.Now().Add(cacheTTL + time.Second) // reads while the other node has it cached, and after
+			for time.Now().Before(deadline) {
+				if r := call(t, "GET", other.URL+"/session/"+clientID, nil, ""); r.Status != 404 {
+					t.Fatalf("%s: a read through the other node after the delete: %d %s, want 404", mode, r.Status, r.Body)
+				}
+				time.Sleep(200 * time.Millisecond)
+			}
+			if after := upstreamSessionCount(t, oc); after != before {
+				t.Fatalf("%s: reads of a deleted id made %d upstream sessions", mode, after-before)
+			}
+			if r := call(t, "POST", other.URL+"/session", map[string]any{"id": clientID, "title": "made again"}, ""); r.Status != 200 || r.Header.Get("Idempotent-Replayed") != "" {
+				t.Fatalf("%s: the explicit create through the other node: %d %s", mode, r.Status, r.Body)
+			}
+			if r := call(t, "GET", one.URL+"/session/"+clientID+"/message", nil, ""); r.Status != 200 {
+				t.Fatalf("%s: a read through the first node after it was made again: %d %s", mode, r.Status, r.Body)
+			}
+		}
+	})
+
 	t.Run("kill -9 of a node loses no acknowledged create, and the survivor carries on", func(t *testing.T) {
 		const title = "killed"
 		var (
