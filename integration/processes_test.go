@@ -134,7 +134,9 @@ func startProcess(tb testing.TB, name, dir string, env []string, bin string, arg
 	tb.Cleanup(func() {
 		p.stop()
 		if tb.Failed() {
-			tb.Logf("--- %s output (last 4 KB) ---\n%s", name, tail(p.out.String(), 4096))
+			// Short, so that CI's excerpt of a failed run keeps the
+			// failure's own message, printed before these.
+			tb.Logf("--- %s output (last 1.5 KB) ---\n%s", name, tail(p.out.String(), 1536))
 		}
 	})
 	return p
