@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"net/url"
 	"strings"
 	"time"
 
@@ -45,10 +46,13 @@ type listedSession struct {
 // create attempt (Pending.Attempt) in the session's metadata, and the
 // session with both is the orphan: nothing else is. A fork copies its
 // parent's metadata, id and attempt alike, but the attempt is the parent's,
-// never the pending one's, so a fork is never adopted or deleted. The
-// orphan made with the fields asked for now is mapped and returned; one made
-// with other fields is deleted, so that the create that follows leaves one
-// session for the id.
+// never the pending one's, so a fork of an earlier session is never adopted
+// or deleted. The orphan made with the fields asked for now is mapped and
+// returned; one made with other fields (an interrupted fork under the id,
+// say, retried as a create) is deleted, so that the create that follows
+// leaves one session for the id. Two sessions with the id and the attempt
+// (a fork of the orphan made on the worker directly, whose copied tags are
+// the orphan's) cannot be told apart: neither is adopted or deleted.
 //
 // Upstreams that keep no metadata (opencode 1.15) cannot be told which
 // session is the orphan, only which could be: an unmapped session created in
@@ -59,6 +63,17 @@ type listedSession struct {
 func (h *Handler) adoptOrphan(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, req *createRequest, pending idmap.Pending) (bool, error) {
 	ctx := r.Context()
 	log := h.logger.With(zap.String("session_id", req.id))
+	if pending.RealID != "" {
+		// An interrupted fork under the id, retried as a create: its fork
+		// was made with other fields (forkOf) and is replaced.
+		log.Info("deleting the fork of an interrupted fork, retried as a create", zap.String("real_id", pending.RealID))
+		gone, err := upstream.Ask(r, next, http.MethodDelete, "/session/"+url.PathEscape(pending.RealID), "", nil)
+		if err != nil || !gone.OK() && gone.Status != http.StatusNotFound {
+			apierror.Upstream(w, http.StatusBadGateway, "upstream could not delete the fork of an interrupted fork")
+			return true, nil
+		}
+		return false, nil
+	}
 	offers, err := h.features(r, next)
 	if err != nil {
 		apierror.Upstream(w, upstream.FailureStatus(err), "upstream could not be asked what it supports: "+err.Error())
@@ -93,6 +108,10 @@ func (h *Handler) adoptOrphan(w http.ResponseWriter, r *http.Request, next caddy
 		case !offers.metadata && h.couldBeOrphan(r, s, pending):
 			candidates = append(candidates, s)
 		}
+	}
+	if len(tagged) > 1 && pending.Attempt != "" {
+		log.Warn("several sessions carry the id and attempt of an interrupted create; creating a new one", zap.Int("tagged", len(tagged)))
+		return false, nil
 	}
 	if len(tagged) == 0 && len(candidates) > 0 {
 		if len(candidates) > 1 {

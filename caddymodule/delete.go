@@ -63,6 +63,9 @@ func (h *Handler) serveDelete(w http.ResponseWriter, r *http.Request, next caddy
 			return nil
 		}
 		h.prompts.Forget(ctx, id)
+		if err := h.index.Store.RemoveForked(ctx, m.RealID); err != nil {
+			h.logger.Warn("could not remove the record of a deleted fork", zap.String("real_id", m.RealID), zap.Error(err))
+		}
 		h.logger.Info("session deleted", zap.String("session_id", id), zap.String("real_id", m.RealID))
 	}
 	h.ids.Relay(w, r, answer, false)

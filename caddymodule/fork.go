@@ -5,7 +5,6 @@ import (
 	"errors"
 	"net/http"
 	"net/url"
-	"strings"
 	"time"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -13,6 +12,7 @@ import (
 
 	"github.com/sessionid/caddy-sessionid/idmap"
 	"github.com/sessionid/caddy-sessionid/internal/apierror"
+	"github.com/sessionid/caddy-sessionid/internal/forktitle"
 	"github.com/sessionid/caddy-sessionid/internal/upstream"
 )
 
@@ -60,13 +60,9 @@ func (h *Handler) parseFork(w http.ResponseWriter, r *http.Request, raw []byte) 
 	}
 	start, end, _ := sessionSegment(r.URL.Path)
 	parent := r.URL.Path[start:end]
-	compared := map[string]json.RawMessage{"forkOf": json.RawMessage(quoted(parent))}
-	if v, ok := body["messageID"]; ok {
-		compared["messageID"] = v
-	}
 	location := requestLocation(r)
 	return &createRequest{id: id, body: body, forkOf: parent, directory: location["directory"],
-		fields: idmap.NewFields(compared, location)}, true
+		fields: idmap.NewForkFields(parent, body["messageID"], location)}, true
 }
 
 // forkMapped makes, finds or refuses the fork of one client id in mapping
@@ -76,9 +72,10 @@ func (h *Handler) parseFork(w http.ResponseWriter, r *http.Request, raw []byte) 
 //
 // The upstream's fork copies the parent's metadata, its tags among them, so
 // the fork is tagged with its own client id and attempt (a PATCH of its
-// metadata) before its mapping is stored. A crash before that PATCH leaves
-// a fork that names its parent; the retry finds it by elimination (see
-// adoptFork).
+// metadata) before its mapping is stored, and its id is written into the
+// pending record before that. A retry after a crash adopts the fork the
+// record names; after a crash before the record, the one fork that can be
+// it, by elimination (see adoptFork).
 func (h *Handler) forkMapped(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, req *createRequest) error {
 	ctx := r.Context()
 	log := h.logger.With(zap.String("session_id", req.id), zap.String("fork_of", req.forkOf))
@@ -121,15 +118,19 @@ func (h *Handler) forkMapped(w http.ResponseWriter, r *http.Request, next caddyh
 		return nil
 	}
 
+	offers, err := h.features(r, next)
+	if err != nil {
+		apierror.Upstream(w, upstream.FailureStatus(err), "upstream could not be asked what it supports: "+err.Error())
+		return nil
+	}
 	if lock.pendingFound {
-		adopted, err := h.adoptFork(w, r, next, req, pending, parent)
+		adopted, err := h.adoptFork(w, r, next, req, pending, parent, offers)
 		if adopted || err != nil {
 			return err
 		}
 	}
-	worker := upstream.Worker(r)
-	attempt := idmap.NewAttempt()
-	if err := h.index.Store.SavePending(ctx, idmap.Pending{ClientID: req.id, Fields: req.fields, Query: r.URL.RawQuery, Started: time.Now().UTC(), Worker: worker, Attempt: attempt}); err != nil {
+	attempt := idmap.Pending{ClientID: req.id, Fields: req.fields, Query: r.URL.RawQuery, Started: time.Now().UTC(), Worker: upstream.Worker(r), Attempt: idmap.NewAttempt()}
+	if err := h.index.Store.SavePending(ctx, attempt); err != nil {
 		h.logger.Error("session id mapping could not be read or written", zap.Error(err))
 		apierror.Storage(w, "session id mapping could not be read or written")
 		return nil
@@ -138,7 +139,7 @@ func (h *Handler) forkMapped(w http.ResponseWriter, r *http.Request, next caddyh
 	endCreate := h.index.BeginCreate()
 	answer, err := upstream.Ask(r, next, http.MethodPost, "/session/"+url.PathEscape(parent)+"/fork", r.URL.RawQuery, upBody)
 	if err == nil && answer.OK() {
-		return h.finishFork(w, r, next, req, answer, worker, attempt, endCreate)
+		return h.finishFork(w, r, next, req, answer, attempt, offers, endCreate)
 	}
 	endCreate()
 	if err != nil {
@@ -146,19 +147,20 @@ func (h *Handler) forkMapped(w http.ResponseWriter, r *http.Request, next caddyh
 		apierror.Upstream(w, upstream.FailureStatus(err), "upstream could not fork the session: "+err.Error())
 		return nil
 	}
-	if !answer.OK() {
-		if answer.Status < 500 { // refused: nothing was made
-			_ = h.index.Store.RemovePending(ctx, req.id)
-		}
-		h.ids.Relay(w, r, answer, false)
-		return nil
+	if answer.Status < 500 { // refused: nothing was made
+		_ = h.index.Store.RemovePending(ctx, req.id)
 	}
+	h.ids.Relay(w, r, answer, false)
 	return nil
 }
 
-// finishFork tags the fork the upstream made and maps it. endCreate ends
-// the create in flight once the mapping is stored (or cannot be).
-func (h *Handler) finishFork(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, req *createRequest, answer *upstream.Answer, worker, attempt string, endCreate func()) error {
+// finishFork records, tags and maps the fork the upstream made. The fork's
+// id goes into the pending record first, so that from then on a retry
+// adopts that session and no other, and a fork record keeps it out of any
+// other fork's elimination (see adoptFork). endCreate ends the create in
+// flight once the mapping is stored (or cannot be).
+func (h *Handler) finishFork(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, req *createRequest, answer *upstream.Answer, attempt idmap.Pending, offers features, endCreate func()) error {
+	ctx := r.Context()
 	log := h.logger.With(zap.String("session_id", req.id), zap.String("fork_of", req.forkOf))
 	fork, err := sessionIDOf(answer.Body.Bytes())
 	if err != nil {
@@ -170,23 +172,28 @@ func (h *Handler) finishFork(w http.ResponseWriter, r *http.Request, next caddyh
 	if afterFork != nil {
 		afterFork()
 	}
-	offers, err := h.features(r, next)
-	tagged := answer
-	if err == nil && offers.metadata {
-		tagged, err = h.tagFork(r, next, worker, answer, req.id, attempt)
-	}
-	// An upstream that keeps no metadata (opencode 1.15) copies none: its
-	// interrupted forks are found by elimination alone.
-	if err != nil {
+	attempt.RealID = fork
+	if err := h.index.Store.SavePending(ctx, attempt); err != nil {
 		endCreate()
-		// The fork exists and still names its parent: the pending record
-		// stays, and the retry finds the fork (adoptFork).
-		log.Warn("the fork could not be tagged with its id", zap.String("real_id", fork), zap.Error(err))
-		apierror.Upstream(w, upstream.FailureStatus(err), "the session was forked but could not be tagged with its id; retry the fork to finish it: "+err.Error())
+		log.Error("the fork was made but could not be recorded", zap.String("real_id", fork), zap.Error(err))
+		apierror.Storage(w, "the session was forked but the fork could not be recorded; retry the fork to finish it")
 		return nil
 	}
-	if h.mapFork(w, r, req, fork, worker, tagged, endCreate) {
-		log.Info("session forked", zap.String("real_id", fork), zap.String("worker", worker))
+	if err := h.index.Store.SaveForked(ctx, fork); err != nil {
+		log.Warn("could not record a fork", zap.String("real_id", fork), zap.Error(err))
+	}
+	tagged := answer
+	if offers.metadata {
+		// An upstream that keeps no metadata (opencode 1.15) copies none.
+		if tagged, err = h.tagFork(r, next, attempt.Worker, answer, req.id, attempt.Attempt); err != nil {
+			endCreate()
+			log.Warn("the fork could not be tagged with its id", zap.String("real_id", fork), zap.Error(err))
+			apierror.Upstream(w, upstream.FailureStatus(err), "the session was forked but could not be tagged with its id; retry the fork to finish it: "+err.Error())
+			return nil
+		}
+	}
+	if h.mapFork(w, r, req, fork, attempt.Worker, tagged, endCreate) {
+		log.Info("session forked", zap.String("real_id", fork), zap.String("worker", attempt.Worker))
 	}
 	return nil
 }
@@ -253,37 +260,59 @@ func (h *Handler) tagFork(r *http.Request, next caddyhttp.Handler, worker string
 // adoptFork finishes a fork of the client id that an earlier attempt left
 // pending. It reports true when it answered.
 //
-// A fork the earlier attempt tagged carries the id and that attempt, like
-// the session of a create, and is adopted (or, asked for with other fields,
-// deleted) as one. A fork the attempt made but did not tag yet carries its
-// parent's metadata, as every fork of that parent does; it is the one
-// session that is
-//   - not the parent, and not mapped to any client id;
-//   - titled as opencode titles a fork of the parent ("<title> (fork #N)");
+// An attempt that got the upstream's answer wrote the fork's id into its
+// pending record: that session is the attempt's fork, and no other. It is
+// tagged and mapped when it was asked for with the fields asked for now,
+// deleted otherwise; when it is gone, the fork is made again.
+//
+// An attempt that stopped before (a crash between the upstream's fork and
+// the record) left a fork that carries its parent's metadata, as every fork
+// of that parent does. It is the one session that is
+//   - not the parent, mapped to no client id, and not a fork the handler
+//     recorded (a fork without an id, or under another id);
+//   - titled as opencode titles a fork of the parent (forktitle.Next);
 //   - tagged as the parent is (or, like it, not at all);
 //   - created in the pending record's time window.
 //
-// Forks through the proxy are made one at a time per parent (the fork
-// lock), so only a fork made on the worker directly, behind the proxy's
+// Only a fork of the parent made on the worker directly, behind the proxy's
 // back, in that window could be a second such session; with two, neither is
 // adopted or deleted, and the fork is made again. A fork found this way is
 // never deleted: it is adopted, tagged first, when it was asked for with
 // the fields asked for now, and left alone otherwise.
-func (h *Handler) adoptFork(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, req *createRequest, pending idmap.Pending, parent string) (bool, error) {
+func (h *Handler) adoptFork(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, req *createRequest, pending idmap.Pending, parent string, offers features) (bool, error) {
 	log := h.logger.With(zap.String("session_id", req.id), zap.String("fork_of", req.forkOf))
+	same := len(pending.Fields.Diff(req.fields)) == 0
+	if pending.RealID != "" {
+		found, err := upstream.Ask(r, next, http.MethodGet, "/session/"+url.PathEscape(pending.RealID), "", nil)
+		switch {
+		case err != nil:
+			apierror.Upstream(w, upstream.FailureStatus(err), "upstream could not be asked for the fork of an interrupted fork: "+err.Error())
+			return true, nil
+		case found.Status == http.StatusNotFound:
+			return false, nil // gone: fork again
+		case !found.OK():
+			h.ids.Relay(w, r, found, false)
+			return true, nil
+		case !same:
+			log.Info("deleting the fork of an interrupted fork made with other fields", zap.String("real_id", pending.RealID))
+			gone, err := upstream.Ask(r, next, http.MethodDelete, "/session/"+url.PathEscape(pending.RealID), "", nil)
+			if err != nil || !gone.OK() && gone.Status != http.StatusNotFound {
+				apierror.Upstream(w, http.StatusBadGateway, "upstream could not delete the fork of an interrupted fork")
+				return true, nil
+			}
+			return false, nil
+		}
+		return h.adoptFound(w, r, next, req, pending, found, offers, "adopted the fork of an interrupted fork"), nil
+	}
+
 	parentAnswer, err := upstream.Ask(r, next, http.MethodGet, "/session/"+url.PathEscape(parent), "", nil)
 	if err != nil {
 		apierror.Upstream(w, upstream.FailureStatus(err), "upstream could not be asked for the session forked: "+err.Error())
 		return true, nil
 	}
-	if !parentAnswer.OK() {
-		// Without its parent, an untagged fork cannot be recognised; a
-		// tagged one still can.
-		parentAnswer = nil
-	}
 	var parentSession listedSession
-	if parentAnswer != nil && json.Unmarshal(parentAnswer.Body.Bytes(), &parentSession) != nil {
-		parentAnswer = nil
+	if !parentAnswer.OK() || json.Unmarshal(parentAnswer.Body.Bytes(), &parentSession) != nil {
+		return false, nil // without its parent, an untagged fork cannot be recognised
 	}
 	answer, err := upstream.Ask(r, next, http.MethodGet, "/session", pending.Query, nil)
 	if err != nil {
@@ -299,103 +328,99 @@ func (h *Handler) adoptFork(w http.ResponseWriter, r *http.Request, next caddyht
 		apierror.Upstream(w, http.StatusBadGateway, "upstream session list is not a JSON array")
 		return true, nil
 	}
-	var tagged, untagged []listedSession
+	var tagged, candidates []listedSession
 	for _, raw := range listed {
 		var s listedSession
 		if json.Unmarshal(raw, &s) != nil || !idmap.IsToken(s.ID) || s.ID == parent {
 			continue
 		}
 		s.raw = raw
-		switch {
-		case pending.Attempt != "" && string(s.Metadata[MetadataTag]) == quoted(req.id) && string(s.Metadata[AttemptTag]) == quoted(pending.Attempt):
-			tagged = append(tagged, s)
-		case parentAnswer != nil && h.couldBeFork(r, s, parentSession, pending):
-			untagged = append(untagged, s)
-		}
-	}
-	worker := upstream.Worker(r)
-	same := len(pending.Fields.Diff(req.fields)) == 0
-	for _, s := range tagged {
-		if !same {
-			log.Info("deleting the fork of an interrupted fork made with other fields", zap.String("real_id", s.ID))
-			gone, err := upstream.Ask(r, next, http.MethodDelete, "/session/"+url.PathEscape(s.ID), "", nil)
-			if err != nil || !gone.OK() && gone.Status != http.StatusNotFound {
-				apierror.Upstream(w, http.StatusBadGateway, "upstream could not delete the fork of an interrupted fork")
-				return true, nil
-			}
+		if pending.Attempt != "" && string(s.Metadata[MetadataTag]) == quoted(req.id) && string(s.Metadata[AttemptTag]) == quoted(pending.Attempt) {
+			tagged = append(tagged, s) // made by the pending attempt (a create of the id, say)
 			continue
 		}
-		found := upstream.NewAnswer(http.StatusOK, answer.Header())
-		found.Body.Write(s.raw)
-		if h.mapFork(w, r, req, s.ID, worker, found, func() {}) {
-			log.Info("adopted the fork of an interrupted fork", zap.String("real_id", s.ID))
-			h.count(sessionMetrics.adopted)
+		could, err := h.couldBeFork(r, s, parentSession, pending)
+		if err != nil {
+			h.logger.Error("session id mapping could not be read", zap.Error(err))
+			apierror.Storage(w, "session id mapping could not be read")
+			return true, nil
 		}
-		return true, nil
+		if could {
+			candidates = append(candidates, s)
+		}
 	}
 	switch {
-	case len(untagged) == 0 || len(tagged) > 0:
+	case len(tagged) == 1 && same:
+		found := upstream.NewAnswer(http.StatusOK, answer.Header())
+		found.Body.Write(tagged[0].raw)
+		return h.adoptFound(w, r, next, req, pending, found, offers, "adopted the fork of an interrupted fork"), nil
+	case len(tagged) == 1:
+		log.Info("deleting the session of an interrupted attempt made with other fields", zap.String("real_id", tagged[0].ID))
+		gone, err := upstream.Ask(r, next, http.MethodDelete, "/session/"+url.PathEscape(tagged[0].ID), "", nil)
+		if err != nil || !gone.OK() && gone.Status != http.StatusNotFound {
+			apierror.Upstream(w, http.StatusBadGateway, "upstream could not delete the session of an interrupted attempt")
+			return true, nil
+		}
 		return false, nil
-	case len(untagged) > 1:
-		log.Warn("an interrupted fork may have left a fork upstream, but several match; forking again", zap.Int("candidates", len(untagged)))
+	case len(tagged) > 1:
+		log.Warn("several sessions carry the id and attempt of an interrupted attempt; forking again", zap.Int("tagged", len(tagged)))
+		return false, nil
+	case len(candidates) == 0:
+		return false, nil
+	case len(candidates) > 1:
+		log.Warn("an interrupted fork may have left a fork upstream, but several match; forking again", zap.Int("candidates", len(candidates)))
 		return false, nil
 	case !same:
+		log.Info("an interrupted fork may have left a fork upstream, asked for with other fields; leaving it and forking again", zap.String("real_id", candidates[0].ID))
 		return false, nil
 	}
-	s := untagged[0]
 	found := upstream.NewAnswer(http.StatusOK, answer.Header())
-	found.Body.Write(s.raw)
-	retagged, err := h.tagFork(r, next, worker, found, req.id, pending.Attempt)
-	if err != nil {
-		apierror.Upstream(w, upstream.FailureStatus(err), "the fork of an interrupted fork could not be tagged with its id; retry the fork: "+err.Error())
-		return true, nil
+	found.Body.Write(candidates[0].raw)
+	return h.adoptFound(w, r, next, req, pending, found, offers, "adopted the untagged fork of an interrupted fork"), nil
+}
+
+// adoptFound tags and maps the fork an interrupted fork made, and answers.
+func (h *Handler) adoptFound(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, req *createRequest, pending idmap.Pending, found *upstream.Answer, offers features, done string) bool {
+	fork := newSessionIDOf(found.Body.Bytes())
+	worker := upstream.Worker(r)
+	endCreate := h.index.BeginCreate()
+	tagged := found
+	if offers.metadata {
+		var err error
+		if tagged, err = h.tagFork(r, next, worker, found, req.id, pending.Attempt); err != nil {
+			endCreate()
+			apierror.Upstream(w, upstream.FailureStatus(err), "the fork of an interrupted fork could not be tagged with its id; retry the fork: "+err.Error())
+			return true
+		}
 	}
-	if h.mapFork(w, r, req, s.ID, worker, retagged, func() {}) {
-		log.Info("adopted the untagged fork of an interrupted fork", zap.String("real_id", s.ID))
+	if err := h.index.Store.SaveForked(r.Context(), fork); err != nil {
+		h.logger.Warn("could not record a fork", zap.String("real_id", fork), zap.Error(err))
+	}
+	if h.mapFork(w, r, req, fork, worker, tagged, endCreate) {
+		h.logger.Info(done, zap.String("session_id", req.id), zap.String("real_id", fork))
 		h.count(sessionMetrics.adopted)
 	}
-	return true, nil
+	return true
 }
 
 // couldBeFork reports whether a session may be the fork an interrupted fork
-// made of parent before tagging it (see adoptFork).
-func (h *Handler) couldBeFork(r *http.Request, s, parent listedSession, pending idmap.Pending) bool {
+// made of parent before recording it (see adoptFork).
+func (h *Handler) couldBeFork(r *http.Request, s, parent listedSession, pending idmap.Pending) (bool, error) {
 	created := time.UnixMilli(s.Time.Created)
 	if created.Before(pending.Started.Add(-orphanBefore)) || created.After(pending.Started.Add(orphanAfter)) {
-		return false
+		return false, nil
 	}
-	if !isForkTitle(s.Title, parent.Title) {
-		return false
+	if s.Title != forktitle.Next(parent.Title) || s.ParentID != "" {
+		return false, nil
 	}
 	for _, tag := range []string{MetadataTag, AttemptTag} {
 		if string(s.Metadata[tag]) != string(parent.Metadata[tag]) {
-			return false
+			return false, nil
 		}
 	}
-	_, err := h.index.Store.ClientOf(r.Context(), s.ID)
-	return errors.Is(err, idmap.ErrNotFound)
-}
-
-// isForkTitle reports whether title is one opencode gives a fork of a
-// session titled parent: "<parent> (fork #1)", or for a parent that is
-// itself "<base> (fork #N)", "<base> (fork #N+1)" (any number is taken).
-func isForkTitle(title, parent string) bool {
-	base := parent
-	if i := strings.LastIndex(parent, " (fork #"); i >= 0 && strings.HasSuffix(parent, ")") && isDigits(parent[i+len(" (fork #"):len(parent)-1]) {
-		base = parent[:i]
+	if _, err := h.index.Store.ClientOf(r.Context(), s.ID); !errors.Is(err, idmap.ErrNotFound) {
+		return false, err
 	}
-	rest, ok := strings.CutPrefix(title, base+" (fork #")
-	return ok && strings.HasSuffix(rest, ")") && isDigits(rest[:len(rest)-1])
-}
-
-func isDigits(s string) bool {
-	if s == "" {
-		return false
-	}
-	for _, c := range s {
-		if c < '0' || c > '9' {
-			return false
-		}
-	}
-	return true
+	forked, err := h.index.Store.Forked(r.Context(), s.ID)
+	return !forked, err
 }

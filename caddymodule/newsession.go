@@ -86,6 +86,15 @@ func (h *Handler) proxyNewSession(w http.ResponseWriter, r *http.Request, next c
 		if chosen == "" {
 			chosen = rt.Worker
 		}
+		if h.Mode == ModeMapping {
+			// Out of the running when an interrupted fork under an id
+			// looks for its own (adoptFork).
+			if id := newSessionIDOf(answer.Body.Bytes()); id != "" {
+				if err := h.index.Store.SaveForked(r.Context(), id); err != nil {
+					h.logger.Warn("could not record a fork", zap.String("real_id", id), zap.Error(err))
+				}
+			}
+		}
 		if untagged, err := h.tagFork(r, next, chosen, answer, "", ""); err == nil {
 			answer = untagged
 		} else {

@@ -5,12 +5,17 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"time"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 
 	"github.com/sessionid/caddy-sessionid/internal/upstream"
 )
+
+// downWorkerWait bounds how long discovery waits for workers that are down
+// (a few health_interval; Caddyfile.example checks every 250 ms).
+const downWorkerWait = 3 * time.Second
 
 // ErrWorkerUnknown: the session may be on a worker that cannot be asked.
 type ErrWorkerUnknown struct {
@@ -67,8 +72,10 @@ func (f *Fleet) WorkerOf(r *http.Request, next caddyhttp.Handler, id string) (st
 // finding a session on a live one. When none of them has it, the workers
 // that are down (a health check that timed out, a worker restarting) are
 // asked again through reverse_proxy, which holds the request until the
-// worker is healthy or lb_try_duration runs out: an unrecorded session on a
-// worker is waited for as a recorded one is, not refused at once.
+// worker is healthy, for at most downWorkerWait: an unrecorded session on a
+// worker whose health check failed once is found when the next one passes,
+// not refused at once, and an id no live worker holds costs a bounded wait
+// while a worker is down.
 func (f *Fleet) discover(r *http.Request, next caddyhttp.Handler, realID string) (string, error) {
 	path := "/session/" + url.PathEscape(realID)
 	answers := upstream.AskEach(r, next, f.Workers(), http.MethodGet, path, "")
@@ -79,7 +86,9 @@ func (f *Fleet) discover(r *http.Request, next caddyhttp.Handler, realID string)
 		}
 	}
 	if len(unavailable) > 0 && !anyFound(answers) {
-		answers = append(answers, upstream.AskWaiting(r, next, unavailable, http.MethodGet, path, "")...)
+		ctx, cancel := context.WithTimeout(r.Context(), downWorkerWait)
+		answers = append(answers, upstream.AskWaiting(r.WithContext(ctx), next, unavailable, http.MethodGet, path, "")...)
+		cancel()
 	}
 	var down []string
 	for _, a := range answers {

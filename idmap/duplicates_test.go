@@ -62,3 +62,20 @@ func TestParseDuplicatePolicy(t *testing.T) {
 		t.Fatal("unknown policy accepted")
 	}
 }
+
+func TestACreateAndAForkOfOneIDNeverMatch(t *testing.T) {
+	location := map[string]string{"directory": "/w"}
+	fork := NewForkFields("ses_parent", nil, location)
+	// A create body that names the fork's fields is still a create.
+	create := NewFields(map[string]json.RawMessage{"forkOf": json.RawMessage(`"ses_parent"`)}, location)
+	if d := DuplicatesMatch.Decide(fork, create); d.Replay || !slices.Equal(d.Differ, []string{"forkOf"}) {
+		t.Fatalf("a create and a fork: %+v", d)
+	}
+	at := NewForkFields("ses_parent", json.RawMessage(` "msg_1" `), location)
+	if d := DuplicatesMatch.Decide(fork, at); d.Replay || !slices.Equal(d.Differ, []string{"messageID"}) {
+		t.Fatalf("forks at different messages: %+v", d)
+	}
+	if d := DuplicatesMatch.Decide(at, NewForkFields("ses_parent", json.RawMessage(`"msg_1"`), location)); !d.Replay {
+		t.Fatalf("the same fork: %+v", d)
+	}
+}

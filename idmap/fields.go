@@ -21,12 +21,20 @@ var ComparedFields = []string{"title", "agent", "model", "metadata", "permission
 // that two requests that differ only in formatting or key order compare equal.
 type Fields map[string]json.RawMessage
 
+// forkFields are the compared fields only a fork has: a create body that
+// names them does not make its session a fork.
+var forkFields = []string{"forkOf", "messageID"}
+
 // NewFields picks the compared fields out of a decoded create body and its
-// location parameters. Only names in ComparedFields are kept; a value that is
-// not valid JSON is kept verbatim and so compares only to itself.
+// location parameters. Only names in ComparedFields are kept, and not those
+// of forks; a value that is not valid JSON is kept verbatim and so compares
+// only to itself.
 func NewFields(body map[string]json.RawMessage, location map[string]string) Fields {
 	f := Fields{}
 	for _, name := range ComparedFields {
+		if slices.Contains(forkFields, name) {
+			continue
+		}
 		if raw, ok := body[name]; ok {
 			f[name] = canonical(raw)
 		}
@@ -37,6 +45,18 @@ func NewFields(body map[string]json.RawMessage, location map[string]string) Fiel
 		}
 		raw, _ := json.Marshal(value)
 		f[name] = raw
+	}
+	return f
+}
+
+// NewForkFields are the compared fields of a fork under a chosen id: the
+// client id of the session forked, the fork body's messageID (nil when it
+// has none) and the location parameters.
+func NewForkFields(forkOf string, messageID json.RawMessage, location map[string]string) Fields {
+	f := NewFields(nil, location)
+	f["forkOf"], _ = json.Marshal(forkOf)
+	if messageID != nil {
+		f["messageID"] = canonical(messageID)
 	}
 	return f
 }

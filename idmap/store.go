@@ -53,6 +53,10 @@ type Pending struct {
 	// carries the id too, but another attempt). Empty in records written
 	// before attempts were named.
 	Attempt string `json:"attempt,omitempty"`
+	// RealID is, for a fork under a chosen id, the id of the fork the
+	// upstream made, written the moment it answered: a retry adopts that
+	// session, and no other.
+	RealID string `json:"real_id,omitempty"`
 }
 
 // NewAttempt names a create attempt (Pending.Attempt).
@@ -70,6 +74,7 @@ func NewAttempt() string {
 //	<root>/<namespace>/deleted/<client id>  Tombstone: deleted, not created again
 //	<root>/<namespace>/worker/<real id>     the worker of a session without a
 //	                                        worker in a mapping (see SaveWorker)
+//	<root>/<namespace>/forked/<real id>     a fork the handler made (see SaveForked)
 //
 // A mapping is written index first and record last, and removed record first:
 // the client record is the single commit point, and an index entry without

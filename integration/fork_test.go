@@ -126,6 +126,51 @@ func TestForkUnderAnIDThroughCrashes(t *testing.T) {
 		if !exists(t, one.ID) || !exists(t, other.ID) {
 			t.Fatal("a candidate was deleted")
 		}
+		if !strings.Contains(proxy.out.String(), "several match; forking again") {
+			t.Fatal("the retry did not see the two candidates")
+		}
+	})
+
+	t.Run("a fork the attempt recorded is the one adopted, whatever else looks like it", func(t *testing.T) {
+		parent, parentReal := newParent(t, "recorded trunk")
+		child := id("recordedfork")
+		ours, lookalike := forkUpstream(t, parentReal), forkUpstream(t, parentReal)
+		writePendingRecord(t, proxy, idmap.Pending{ClientID: child, Fields: forkFields(parent), Started: time.Now(), Attempt: idmap.NewAttempt(), RealID: ours.ID})
+		r, fork := forkThroughProxy(t, proxy.URL, parent, child)
+		if r.Status != 200 || fork.ID != child || fork.Metadata["clientSessionID"] != child {
+			t.Fatalf("the retried fork: %d %s", r.Status, r.Body)
+		}
+		if got := realID(t, oc, child); got != ours.ID || !exists(t, lookalike.ID) {
+			t.Fatalf("mapped to %s, want the recorded fork %s (the lookalike exists: %v)", got, ours.ID, exists(t, lookalike.ID))
+		}
+	})
+
+	t.Run("forks made through the proxy are never taken for an interrupted one", func(t *testing.T) {
+		// A session made without an id carries no tags, and neither do its
+		// forks: only the record of the forks the proxy made tells them apart.
+		var trunk session
+		call(t, "POST", proxy.URL+"/session", map[string]any{"title": "shared trunk"}, "").json(t, &trunk)
+		parent := trunk.ID
+		child := id("sharedfork")
+		writePendingRecord(t, proxy, idmap.Pending{ClientID: child, Fields: forkFields(parent), Started: time.Now(), Attempt: idmap.NewAttempt()})
+		// The attempt never reached the upstream (a 503, say); meanwhile
+		// another client forks the same session through the proxy.
+		var plain session
+		if r := call(t, "POST", proxy.URL+"/session/"+parent+"/fork", map[string]any{}, ""); r.Status != 200 {
+			t.Fatalf("a plain fork: %d %s", r.Status, r.Body)
+		} else {
+			r.json(t, &plain)
+		}
+		r, fork := forkThroughProxy(t, proxy.URL, parent, child)
+		if r.Status != 200 || fork.ID != child {
+			t.Fatalf("the retried fork: %d %s", r.Status, r.Body)
+		}
+		if got := realID(t, oc, child); got == plain.ID {
+			t.Fatal("the retry took another client's fork")
+		}
+		if r := call(t, "GET", proxy.URL+"/session/"+plain.ID, nil, ""); r.Status != 200 || strings.Contains(string(r.Body), child) {
+			t.Fatalf("the other client's fork: %d %s", r.Status, r.Body)
+		}
 	})
 
 	t.Run("a retry asking for another message leaves the untagged fork alone", func(t *testing.T) {
@@ -141,6 +186,9 @@ func TestForkUnderAnIDThroughCrashes(t *testing.T) {
 		}
 		if got := realID(t, oc, child); got == orphan.ID || !exists(t, orphan.ID) {
 			t.Fatalf("mapped to %s; the fork made for another message exists: %v", got, exists(t, orphan.ID))
+		}
+		if !strings.Contains(proxy.out.String(), "asked for with other fields; leaving it") {
+			t.Fatal("the retry did not recognise the fork made for another message")
 		}
 	})
 

@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/sessionid/caddy-sessionid/idmap"
+	"github.com/sessionid/caddy-sessionid/internal/forktitle"
 )
 
 // fork copies a session, as opencode does: a new session titled
@@ -40,16 +41,11 @@ func (s *Server) fork(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	parentID := r.PathValue("id")
-	compared := map[string]json.RawMessage{}
-	compared["forkOf"], _ = json.Marshal(parentID)
-	if raw, ok := body["messageID"]; ok {
-		compared["messageID"] = raw
-	}
 	directory := r.URL.Query().Get("directory")
 	if directory == "" {
 		directory = r.Header.Get("X-Opencode-Directory")
 	}
-	fields := idmap.NewFields(compared, map[string]string{"directory": directory, "workspace": r.URL.Query().Get("workspace")})
+	fields := idmap.NewForkFields(parentID, body["messageID"], map[string]string{"directory": directory, "workspace": r.URL.Query().Get("workspace")})
 
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -79,7 +75,7 @@ func (s *Server) fork(w http.ResponseWriter, r *http.Request) {
 	t := now()
 	session := Session{
 		ID: id, Slug: slugFor(id), ProjectID: parent.Session.ProjectID, Directory: directory,
-		Title: forkedTitle(parent.Session.Title), Agent: parent.Session.Agent, Model: parent.Session.Model, Version: Version,
+		Title: forktitle.Next(parent.Session.Title), Agent: parent.Session.Agent, Model: parent.Session.Model, Version: Version,
 		Metadata: parent.Session.Metadata, Permission: parent.Session.Permission, WorkspaceID: parent.Session.WorkspaceID,
 		Time: SessionTime{Created: t, Updated: t},
 	}
@@ -108,16 +104,4 @@ func (s *Server) fork(w http.ResponseWriter, r *http.Request) {
 	}
 	s.events.publish("session.created", map[string]any{"sessionID": id, "info": session})
 	writeJSON(w, 200, session)
-}
-
-// forkedTitle is opencode's title of a fork: "<title> (fork #1)", and for a
-// fork of a fork, the next number.
-func forkedTitle(title string) string {
-	if i := strings.LastIndex(title, " (fork #"); i >= 0 && strings.HasSuffix(title, ")") {
-		var n int
-		if _, err := fmt.Sscanf(title[i:], " (fork #%d)", &n); err == nil && fmt.Sprintf(" (fork #%d)", n) == title[i:] {
-			return fmt.Sprintf("%s (fork #%d)", title[:i], n+1)
-		}
-	}
-	return title + " (fork #1)"
 }
