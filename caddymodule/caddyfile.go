@@ -38,6 +38,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		negative_ttl    <duration>
 //		create_missing  [true|false]
 //		max_ids_per_body <count>
+//		upstream_authorization <header value>
 //		auth            verify [<uri>] {
 //			verified_for <duration>
 //			refused_for  <duration>
@@ -116,6 +117,8 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			h.Mode = value
 		case "namespace":
 			h.Namespace = value
+		case "upstream_authorization":
+			h.UpstreamAuthorization = value
 		case "duplicates":
 			h.Duplicates = value
 		case "max_body_size", "max_buffer_size":

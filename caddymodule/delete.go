@@ -33,6 +33,7 @@ func (h *Handler) serveDelete(w http.ResponseWriter, r *http.Request, next caddy
 	defer unlock()
 	m, err := h.index.Store.Load(ctx, id)
 	if errors.Is(err, idmap.ErrNotFound) {
+		h.forgetMove(ctx, id)
 		return h.proxy(w, r, next, nil)
 	}
 	if err != nil {
@@ -43,6 +44,7 @@ func (h *Handler) serveDelete(w http.ResponseWriter, r *http.Request, next caddy
 	if !h.ids.Request(w, r, nil) {
 		return nil
 	}
+	h.forgetMove(ctx, m.RealID)
 	answer, err := upstream.Ask(r, next, http.MethodDelete, r.URL.Path, r.URL.RawQuery, nil)
 	if err != nil {
 		apierror.Upstream(w, upstream.FailureStatus(err), "upstream could not delete the session: "+err.Error())

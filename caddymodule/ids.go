@@ -51,7 +51,7 @@ type ids interface {
 }
 
 // directIDs is the translator of direct mode: ids are the upstream's own.
-type directIDs struct{}
+type directIDs struct{ h *Handler }
 
 func (directIDs) Mode() string { return ModeDirect }
 
@@ -76,7 +76,12 @@ func (directIDs) Relay(w http.ResponseWriter, _ *http.Request, answer *upstream.
 	writeAnswer(w, answer, answer.Body.Bytes(), replayed)
 }
 
-func (directIDs) Event(_ context.Context, ev []byte) []byte { return ev }
+func (t directIDs) Event(ctx context.Context, ev []byte) []byte {
+	if t.h != nil && t.h.movedAway(ctx, ev) {
+		return nil
+	}
+	return ev
+}
 
 // writeAnswer writes an answer with body as its body.
 func writeAnswer(w http.ResponseWriter, answer *upstream.Answer, body []byte, replayed bool) {

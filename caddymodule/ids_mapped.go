@@ -136,6 +136,9 @@ func (t mappedIDs) Relay(w http.ResponseWriter, r *http.Request, answer *upstrea
 
 func (t mappedIDs) Event(ctx context.Context, ev []byte) []byte {
 	h := t.h
+	if h.movedAway(ctx, ev) {
+		return nil
+	}
 	ev = h.followCreate(ctx, ev)
 	lookup := &lookupFunc{resolve: h.index.ClientOf, ctx: ctx}
 	ev, ids := idmap.Replace(ev, lookup.lookup)

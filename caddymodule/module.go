@@ -15,6 +15,7 @@
 package caddymodule
 
 import (
+	"context"
 	"fmt"
 	"net/http"
 	"sync"
@@ -33,6 +34,8 @@ import (
 	"github.com/sessionid/caddy-sessionid/idmap"
 	"github.com/sessionid/caddy-sessionid/internal/shared"
 	"github.com/sessionid/caddy-sessionid/internal/upstream"
+	"github.com/sessionid/caddy-sessionid/move"
+	"github.com/sessionid/caddy-sessionid/relocation"
 )
 
 func init() {
@@ -141,6 +144,13 @@ type Handler struct {
 	// max_body_size. Default: 1000.
 	MaxIDsPerBody int `json:"max_ids_per_body,omitempty"`
 
+	// UpstreamAuthorization is the Authorization header of the handler's own
+	// requests to workers that no client request carries: moves and drains
+	// through the admin API (docs/fleet.md#moving-and-draining). Set it to
+	// what the health checks send when the workers have a password. Default:
+	// none.
+	UpstreamAuthorization string `json:"upstream_authorization,omitempty"`
+
 	// Events configures resumable event streams on GET /event and
 	// /global/event: ids on every event, replay after Last-Event-ID, one
 	// upstream subscription per stream shared by its clients (see
@@ -158,6 +168,7 @@ type Handler struct {
 	streams       *events.Streams
 	prompts       *idempotency.Prompts
 	gate          *access.Gate
+	relocator     *relocation.Relocator
 	logger        *zap.Logger
 }
 
@@ -280,7 +291,7 @@ func (h *Handler) setup(index *idmap.Index, storageKey string) error {
 	h.probes = new(sync.Map)
 	switch h.Mode {
 	case ModeDirect:
-		h.ids, h.createSession = directIDs{}, h.createDirect
+		h.ids, h.createSession = directIDs{h}, h.createDirect
 	default:
 		h.ids, h.createSession = mappedIDs{h}, h.createMapped
 	}
@@ -294,6 +305,12 @@ func (h *Handler) setup(index *idmap.Index, storageKey string) error {
 		return err
 	}
 	h.fleet = fleet.New(h.Namespace, index, h.logger)
+	h.relocator = &relocation.Relocator{Namespace: h.Namespace, Index: index, Fleet: h.fleet,
+		Workers: move.Workers{Authorization: h.UpstreamAuthorization}, Logger: h.logger}
+	if err := h.relocator.LoadDraining(context.Background()); err != nil {
+		h.logger.Warn("could not read which workers are being drained", zap.Error(err))
+	}
+	relocation.Register(h.relocator)
 	h.observe = h.fleet.Observe // one method value, not one per request
 	if h.streams, err = events.New(h.Events, h.Namespace, h.ids, h.fleet, h.logger); err != nil {
 		return err
@@ -336,6 +353,9 @@ func (h *Handler) Cleanup() error {
 	}
 	if h.streams != nil {
 		h.streams.Close()
+	}
+	if h.relocator != nil {
+		relocation.Unregister(h.relocator)
 	}
 	if h.indexKey == "" {
 		return nil

@@ -10,6 +10,7 @@ import (
 	"github.com/sessionid/caddy-sessionid/events"
 	"github.com/sessionid/caddy-sessionid/fleet"
 	"github.com/sessionid/caddy-sessionid/internal/apierror"
+	"github.com/sessionid/caddy-sessionid/internal/moving"
 	"github.com/sessionid/caddy-sessionid/internal/upstream"
 )
 
@@ -61,6 +62,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return nil
 	}
 	rt := upstream.Attach(r, h.observe)
+	if moving.Of(h.Namespace).AnyDraining() {
+		rt.Avoid = h.avoidWorker
+	}
 	if r.Method == http.MethodOptions && r.Header.Get("Upgrade") == "" {
 		return next.ServeHTTP(w, r) // a CORS preflight: no ids in its answer
 	}

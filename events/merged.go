@@ -84,7 +84,11 @@ func (s *Streams) ServeMerged(w http.ResponseWriter, r *http.Request, next caddy
 				}
 				greeted = true
 			}
-			if _, err := w.Write(s.ids.Event(ctx, ev)); err != nil {
+			out := s.ids.Event(ctx, ev)
+			if len(out) == 0 {
+				continue
+			}
+			if _, err := w.Write(out); err != nil {
 				return nil
 			}
 			if err := controller.Flush(); err != nil {

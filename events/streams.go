@@ -19,7 +19,7 @@ type IDs interface {
 	Mode() string
 	// Event returns an event with the upstream's ids as the client knows
 	// them, having made sure that the mapping of a session the event
-	// announces is known here.
+	// announces is known here; nil for an event clients must not see.
 	Event(ctx context.Context, ev []byte) []byte
 }
 

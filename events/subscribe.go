@@ -228,7 +228,9 @@ func (hub *eventHub) ingest(s *Streams, ev []byte) {
 		}
 		return
 	}
-	ev = s.ids.Event(hub.ctx, ev)
+	if ev = s.ids.Event(hub.ctx, ev); len(ev) == 0 {
+		return // not the clients' (a moved session's deletion on its old worker)
+	}
 	hub.log.Append(ev, isHeartbeat(ev))
 }
 

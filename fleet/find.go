@@ -10,6 +10,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 
+	"github.com/sessionid/caddy-sessionid/internal/moving"
 	"github.com/sessionid/caddy-sessionid/internal/upstream"
 )
 
@@ -30,11 +31,25 @@ func (e ErrWorkerUnknown) Error() string {
 // WorkerOf returns the worker that holds the session the client calls id,
 // or "" when the session is not known anywhere (the fallback then chooses,
 // and the worker it reaches answers 404 as a lone opencode would).
+//
+// A request for a session being moved waits here until the move ends, and
+// then goes to the session's new worker.
 func (f *Fleet) WorkerOf(r *http.Request, next caddyhttp.Handler, id string) (string, error) {
 	ctx := r.Context()
 	realID, worker, mapped, err := f.index.Route(ctx, id)
 	if err != nil {
 		return "", err
+	}
+	held := realID
+	if !mapped {
+		held = id
+	}
+	if waited, err := moving.Of(f.namespace).Wait(ctx, held); err != nil {
+		return "", err
+	} else if waited {
+		if realID, worker, mapped, err = f.index.Route(ctx, id); err != nil {
+			return "", err
+		}
 	}
 	if mapped && worker != "" {
 		return worker, nil

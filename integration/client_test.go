@@ -128,8 +128,10 @@ func subscribe(tb testing.TB, url, password string) *eventStream {
 		tb.Fatalf("subscribe %s: %v", url, err)
 	}
 	if resp.StatusCode != 200 || !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream") {
+		body, _ := io.ReadAll(io.LimitReader(resp.Body, 2048))
+		resp.Body.Close()
 		cancel()
-		tb.Fatalf("subscribe %s: %d %s", url, resp.StatusCode, resp.Header.Get("Content-Type"))
+		tb.Fatalf("subscribe %s: %d %s %s", url, resp.StatusCode, resp.Header.Get("Content-Type"), body)
 	}
 	s := &eventStream{events: make(chan string, 10000), cancel: cancel}
 	go func() {

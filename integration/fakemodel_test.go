@@ -24,6 +24,9 @@ type fakeModel struct {
 	// agentCalls counts the calls of the agent loop (they offer tools),
 	// leaving out title generation: one per prompt that gets a reply.
 	agentCalls atomic.Int64
+	// lastAgentBody is the body of the last agent call: what the model was
+	// told, the session's earlier turns among it.
+	lastAgentBody atomic.Value // string
 }
 
 func startFakeModel(tb testing.TB) *fakeModel {
@@ -41,6 +44,7 @@ func (m *fakeModel) serve(w http.ResponseWriter, r *http.Request) {
 	}
 	m.calls.Add(1)
 	if body, _ := io.ReadAll(r.Body); bytes.Contains(body, []byte(`"tools"`)) {
+		m.lastAgentBody.Store(string(body))
 		m.agentCalls.Add(1)
 	}
 	w.Header().Set("Content-Type", "text/event-stream")

@@ -90,7 +90,7 @@ func (s *SessionSelection) Select(pool reverseproxy.UpstreamPool, r *http.Reques
 	}
 	indexed := s.index(pool)
 	if rt.Worker == "" {
-		chosen := s.fallback.Select(pool, r, w)
+		chosen := s.fallback.Select(placeable(pool, rt.Avoid), r, w)
 		rt.Report(indexed, chosen)
 		return chosen
 	}
@@ -101,6 +101,27 @@ func (s *SessionSelection) Select(pool reverseproxy.UpstreamPool, r *http.Reques
 	}
 	rt.Report(indexed, u)
 	return u
+}
+
+// placeable is the pool without the workers the route avoids (those being
+// drained), unless that leaves no available worker: new sessions then go to
+// a draining worker rather than nowhere.
+func placeable(pool reverseproxy.UpstreamPool, avoid func(string) bool) reverseproxy.UpstreamPool {
+	if avoid == nil {
+		return pool
+	}
+	kept := make(reverseproxy.UpstreamPool, 0, len(pool))
+	available := false
+	for _, u := range pool {
+		if !avoid(u.Dial) {
+			kept = append(kept, u)
+			available = available || u.Available()
+		}
+	}
+	if len(kept) == len(pool) || !available {
+		return pool
+	}
+	return kept
 }
 
 // index returns the index of pool: the one built for it before, or a new

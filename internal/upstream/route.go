@@ -25,6 +25,9 @@ type Route struct {
 	// Done, when set, is called by Finish once a request of this route has
 	// gone through next: the handler learns the pool from it.
 	Done func(r *http.Request, rt *Route)
+	// Avoid, when set, names the workers the policy's fallback must not
+	// choose while others are available: workers being drained.
+	Avoid func(worker string) bool
 
 	mu sync.Mutex
 	// seen: the policy ran, so Worker was honoured.
@@ -100,7 +103,7 @@ func Worker(r *http.Request) string {
 func WithRoute(r *http.Request, worker string, inherit bool) (*http.Request, *Route) {
 	rt := &Route{Worker: worker}
 	if parent := RouteOf(r); parent != nil {
-		rt.Done, rt.Session = parent.Done, parent.Session
+		rt.Done, rt.Session, rt.Avoid = parent.Done, parent.Session, parent.Avoid
 		if inherit && worker == "" {
 			rt.Worker = parent.Worker
 		}

@@ -1,0 +1,262 @@
+package integration
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// adminOf is the admin API address of a Caddy the tests started.
+func adminOf(c *caddy) string {
+	for _, kv := range c.env {
+		if v, ok := strings.CutPrefix(kv, "ADMIN="); ok {
+			return "http://" + v
+		}
+	}
+	return ""
+}
+
+// admin sends a request to a Caddy's admin API.
+func admin(t *testing.T, c *caddy, method, path string, body any) response {
+	t.Helper()
+	var reader *bytes.Reader
+	if body != nil {
+		raw, _ := json.Marshal(body)
+		reader = bytes.NewReader(raw)
+	} else {
+		reader = bytes.NewReader(nil)
+	}
+	req, _ := http.NewRequest(method, adminOf(c)+path, reader)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer resp.Body.Close()
+	var buf bytes.Buffer
+	_, _ = buf.ReadFrom(resp.Body)
+	return response{Status: resp.StatusCode, Body: buf.Bytes(), Header: resp.Header}
+}
+
+// TestMoveAndDrain: a session changes workers with its history while
+// clients use it, and a worker is emptied for an upgrade, through Caddy's
+// admin API, in front of stock opencode workers.
+func TestMoveAndDrain(t *testing.T) {
+	f := startFleet(t, 2, "PLACEMENT=round_robin")
+	run := time.Now().UnixNano()
+	id := func(kind string, i int) string { return fmt.Sprintf("ses_move_%s_%d_%d", kind, i, run) }
+	dial := func(i int) string { return strings.TrimPrefix(f.workers[i].URL, "http://") }
+	prompt := func(t *testing.T, sid, text string) {
+		t.Helper()
+		r := call(t, "POST", f.front.URL+"/session/"+sid+"/message", map[string]any{"parts": []any{map[string]any{"type": "text", "text": text}}}, "")
+		if r.Status != 200 || !strings.Contains(string(r.Body), ModelReply) {
+			t.Fatalf("prompt %s: %d %.300s", sid, r.Status, r.Body)
+		}
+	}
+
+	t.Run("a move takes the session, its child and its history to the other worker, and nothing is seen of the old copy", func(t *testing.T) {
+		parent, child := id("parent", 0), id("child", 0)
+		if r := call(t, "POST", f.front.URL+"/session", map[string]any{"id": parent, "title": "moving"}, ""); r.Status != 200 {
+			t.Fatalf("create: %d %s", r.Status, r.Body)
+		}
+		if r := call(t, "POST", f.front.URL+"/session", map[string]any{"id": child, "parentID": parent}, ""); r.Status != 200 {
+			t.Fatalf("child: %d %s", r.Status, r.Body)
+		}
+		prompt(t, parent, "first words")
+		from, _ := f.holder(t, parent)
+		to := 1 - from
+		events := subscribe(t, f.front.URL+"/event", "")
+
+		r := admin(t, f.front, "POST", "/session_ids/move", map[string]any{"session": parent, "to": dial(to)})
+		var moved struct {
+			Session, From, To string
+			Sessions          []string
+			Messages          int
+		}
+		r.json(t, &moved)
+		if r.Status != 200 || moved.Session != parent || moved.From != dial(from) || moved.To != dial(to) || len(moved.Sessions) != 2 || moved.Messages != 2 {
+			t.Fatalf("move: %d %s", r.Status, r.Body)
+		}
+		for _, sid := range []string{parent, child} {
+			if w, n := f.holder(t, sid); n != 1 || w != to {
+				t.Fatalf("%s is on worker %d (held by %d) after the move to %d", sid, w, n, to)
+			}
+		}
+		messages := call(t, "GET", f.front.URL+"/session/"+parent+"/message", nil, "")
+		if messages.Status != 200 || strings.Count(string(messages.Body), `"role":"user"`) != 1 || !strings.Contains(string(messages.Body), `"sessionID":"`+parent+`"`) {
+			t.Fatalf("the messages after the move: %d %.400s", messages.Status, messages.Body)
+		}
+		var children []session
+		call(t, "GET", f.front.URL+"/session/"+parent+"/children", nil, "").json(t, &children)
+		if len(children) != 1 || children[0].ID != child {
+			t.Fatalf("the children after the move: %+v", children)
+		}
+		prompt(t, parent, "second words")
+		if body, _ := f.model.lastAgentBody.Load().(string); !strings.Contains(body, "first words") || !strings.Contains(body, "second words") {
+			t.Fatalf("the model call after the move lacks the earlier turn: %.600s", body)
+		}
+		var listed []session
+		call(t, "GET", f.front.URL+"/session", nil, "").json(t, &listed)
+		seen := 0
+		for _, s := range listed {
+			if s.ID == parent {
+				seen++
+			}
+		}
+		if seen != 1 {
+			t.Fatalf("GET /session lists the moved session %d times", seen)
+		}
+		// The old worker deleted its copy; clients are not told the session
+		// was deleted.
+		for _, e := range events.until(t, 30*time.Second, func(e string) bool {
+			return strings.Contains(e, `"session.idle"`) && strings.Contains(e, parent)
+		}) {
+			if strings.Contains(e, `"session.deleted"`) {
+				t.Fatalf("the stream told clients a moved session was deleted: %s", e)
+			}
+		}
+		if again := admin(t, f.front, "POST", "/session_ids/move", map[string]any{"session": parent, "to": dial(to)}); again.Status != http.StatusConflict {
+			t.Fatalf("a move to where the session is: %d %s", again.Status, again.Body)
+		}
+		if bad := admin(t, f.front, "POST", "/session_ids/move", map[string]any{"session": parent, "to": "127.0.0.1:1"}); bad.Status != http.StatusBadRequest {
+			t.Fatalf("a move to no worker: %d %s", bad.Status, bad.Body)
+		}
+		if r := call(t, "DELETE", f.front.URL+"/session/"+parent, nil, ""); r.Status != 200 {
+			t.Fatalf("a delete after the move: %d %s", r.Status, r.Body)
+		}
+	})
+
+	t.Run("a drain empties a worker while clients read and prompt, and it gets no new session until undrained", func(t *testing.T) {
+		const n = 30
+		for i := range n {
+			if r := call(t, "POST", f.front.URL+"/session", map[string]any{"id": id("drained", i), "title": fmt.Sprintf("drained %d", i)}, ""); r.Status != 200 {
+				t.Fatalf("create %d: %d %s", i, r.Status, r.Body)
+			}
+		}
+		var onZero []string
+		for i := range n {
+			if w, _ := f.holder(t, id("drained", i)); w == 0 {
+				onZero = append(onZero, id("drained", i))
+			}
+		}
+		if len(onZero) < 5 {
+			t.Fatalf("only %d of %d sessions on worker 0", len(onZero), n)
+		}
+		for _, sid := range onZero[:3] {
+			prompt(t, sid, "before the drain "+sid)
+		}
+
+		// Clients keep using the sessions during the drain.
+		stop := make(chan struct{})
+		var failures sync.Map
+		var requests atomic.Int64
+		var wg sync.WaitGroup
+		for c := range 4 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := 0; ; i++ {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					sid := onZero[(c+i*4)%len(onZero)]
+					path := "/session/" + sid
+					if i%2 == 1 {
+						path += "/message"
+					}
+					resp, err := http.Get(f.front.URL + path)
+					requests.Add(1)
+					if err != nil {
+						failures.Store(path, err.Error())
+						continue
+					}
+					resp.Body.Close()
+					if resp.StatusCode != 200 {
+						failures.Store(path, resp.StatusCode)
+					}
+				}
+			}()
+		}
+		wg.Add(1)
+		go func() { // and one prompts
+			defer wg.Done()
+			prompt(t, onZero[3], "during the drain")
+		}()
+
+		r := admin(t, f.front, "POST", "/session_ids/drain", map[string]any{"worker": dial(0)})
+		close(stop)
+		wg.Wait()
+		var drain struct {
+			Worker    string
+			Moved     []struct{ Session string }
+			Failed    map[string]string
+			Remaining int
+			Finished  *time.Time
+			Error     string
+		}
+		r.json(t, &drain)
+		if r.Status != 200 || drain.Finished == nil || drain.Error != "" || len(drain.Failed) != 0 || len(drain.Moved) < len(onZero) {
+			t.Fatalf("drain: %d %s", r.Status, r.Body)
+		}
+		failures.Range(func(k, v any) bool {
+			t.Errorf("a client's request during the drain failed: %v %v", k, v)
+			return true
+		})
+		t.Logf("%d sessions moved, %d client requests during the drain", len(drain.Moved), requests.Load())
+		for _, sid := range onZero {
+			if w, n := f.holder(t, sid); n != 1 || w != 1 {
+				t.Fatalf("%s is on worker %d (held by %d) after the drain", sid, w, n)
+			}
+		}
+		for _, sid := range onZero[:3] {
+			messages := call(t, "GET", f.front.URL+"/session/"+sid+"/message", nil, "")
+			if !strings.Contains(string(messages.Body), "before the drain "+sid) {
+				t.Fatalf("%s lost its messages in the drain: %.300s", sid, messages.Body)
+			}
+		}
+		if messages := call(t, "GET", f.front.URL+"/session/"+onZero[3]+"/message", nil, ""); !strings.Contains(string(messages.Body), "during the drain") {
+			t.Fatalf("the prompt sent during the drain is lost: %.300s", messages.Body)
+		}
+		if got := admin(t, f.front, "GET", "/session_ids/drain?worker="+dial(0), nil); got.Status != 200 || !bytes.Contains(got.Body, []byte(`"remaining":0`)) {
+			t.Fatalf("the drain's progress: %d %s", got.Status, got.Body)
+		}
+		var workers []struct {
+			Worker   string
+			Healthy  bool
+			Draining bool
+			Sessions *int
+		}
+		admin(t, f.front, "GET", "/session_ids/workers", nil).json(t, &workers)
+		if len(workers) != 2 || workers[0].Worker != dial(0) || !workers[0].Draining || workers[0].Sessions == nil || *workers[0].Sessions != 0 || workers[1].Draining {
+			t.Fatalf("the workers after the drain: %+v", workers)
+		}
+		for i := range 4 {
+			sid := id("afterdrain", i)
+			call(t, "POST", f.front.URL+"/session", map[string]any{"id": sid}, "")
+			if w, _ := f.holder(t, sid); w != 1 {
+				t.Fatalf("a session made while worker 0 is drained went to worker %d", w)
+			}
+		}
+		if r := admin(t, f.front, "POST", "/session_ids/undrain", map[string]any{"worker": dial(0)}); r.Status != 200 {
+			t.Fatalf("undrain: %d %s", r.Status, r.Body)
+		}
+		placed := map[int]int{}
+		for i := range 4 {
+			sid := id("undrained", i)
+			call(t, "POST", f.front.URL+"/session", map[string]any{"id": sid}, "")
+			w, _ := f.holder(t, sid)
+			placed[w]++
+		}
+		if placed[0] == 0 {
+			t.Fatalf("no new session went to the undrained worker: %v", placed)
+		}
+	})
+}
