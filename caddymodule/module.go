@@ -32,6 +32,7 @@ import (
 	"github.com/sessionid/caddy-sessionid/fleet"
 	"github.com/sessionid/caddy-sessionid/idempotency"
 	"github.com/sessionid/caddy-sessionid/idmap"
+	"github.com/sessionid/caddy-sessionid/internal/moving"
 	"github.com/sessionid/caddy-sessionid/internal/shared"
 	"github.com/sessionid/caddy-sessionid/internal/upstream"
 	"github.com/sessionid/caddy-sessionid/move"
@@ -169,6 +170,7 @@ type Handler struct {
 	prompts       *idempotency.Prompts
 	gate          *access.Gate
 	relocator     *relocation.Relocator
+	moves         *moving.Namespace // the namespace's moves and drains
 	logger        *zap.Logger
 }
 
@@ -305,6 +307,7 @@ func (h *Handler) setup(index *idmap.Index, storageKey string) error {
 		return err
 	}
 	h.fleet = fleet.New(h.Namespace, index, h.logger)
+	h.moves = moving.Of(h.Namespace)
 	h.relocator = &relocation.Relocator{Namespace: h.Namespace, Index: index, Fleet: h.fleet,
 		Workers: move.Workers{Authorization: h.UpstreamAuthorization}, Logger: h.logger}
 	if err := h.relocator.LoadDraining(context.Background()); err != nil {

@@ -7,8 +7,6 @@ import (
 	"time"
 
 	"go.uber.org/zap"
-
-	"github.com/sessionid/caddy-sessionid/internal/moving"
 )
 
 // movedWindow is how long after a move the old worker's deletion of its
@@ -37,7 +35,7 @@ func (h *Handler) movedAway(ctx context.Context, ev []byte) bool {
 
 // avoidWorker reports whether new sessions must not be placed on a worker:
 // it is being drained (upstream.Route.Avoid).
-func (h *Handler) avoidWorker(worker string) bool { return moving.Of(h.Namespace).Draining(worker) }
+func (h *Handler) avoidWorker(worker string) bool { return h.moves.Draining(worker) }
 
 // forgetMove makes the deletion of a session that was moved its own again:
 // a client deletes it, and its session.deleted must reach clients.

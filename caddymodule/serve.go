@@ -10,7 +10,6 @@ import (
 	"github.com/sessionid/caddy-sessionid/events"
 	"github.com/sessionid/caddy-sessionid/fleet"
 	"github.com/sessionid/caddy-sessionid/internal/apierror"
-	"github.com/sessionid/caddy-sessionid/internal/moving"
 	"github.com/sessionid/caddy-sessionid/internal/upstream"
 )
 
@@ -62,7 +61,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return nil
 	}
 	rt := upstream.Attach(r, h.observe)
-	if moving.Of(h.Namespace).AnyDraining() {
+	defer rt.Leave()
+	if h.moves.AnyDraining() {
 		rt.Avoid = h.avoidWorker
 	}
 	if r.Method == http.MethodOptions && r.Header.Get("Upgrade") == "" {

@@ -10,7 +10,6 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 
-	"github.com/sessionid/caddy-sessionid/internal/moving"
 	"github.com/sessionid/caddy-sessionid/internal/upstream"
 )
 
@@ -35,6 +34,22 @@ func (e ErrWorkerUnknown) Error() string {
 // A request for a session being moved waits here until the move ends, and
 // then goes to the session's new worker.
 func (f *Fleet) WorkerOf(r *http.Request, next caddyhttp.Handler, id string) (string, error) {
+	return f.workerOf(r, next, id, true)
+}
+
+// upstreamID is the real id of a client id: its mapping's, or its own.
+func (f *Fleet) upstreamID(r *http.Request, id string) (string, error) {
+	realID, _, mapped, err := f.index.Route(r.Context(), id)
+	if err != nil || !mapped {
+		return id, err
+	}
+	return realID, nil
+}
+
+// workerOf is WorkerOf; a request already counted as a change under way of
+// the session (moving.Enter) must not wait for a move's hold, which waits
+// for it.
+func (f *Fleet) workerOf(r *http.Request, next caddyhttp.Handler, id string, wait bool) (string, error) {
 	ctx := r.Context()
 	realID, worker, mapped, err := f.index.Route(ctx, id)
 	if err != nil {
@@ -44,11 +59,15 @@ func (f *Fleet) WorkerOf(r *http.Request, next caddyhttp.Handler, id string) (st
 	if !mapped {
 		held = id
 	}
-	if waited, err := moving.Of(f.namespace).Wait(ctx, held); err != nil {
-		return "", err
-	} else if waited {
-		if realID, worker, mapped, err = f.index.Route(ctx, id); err != nil {
+	if wait {
+		waited, err := f.moves.Wait(ctx, held)
+		if err != nil {
 			return "", err
+		}
+		if waited {
+			if realID, worker, mapped, err = f.index.Route(ctx, id); err != nil {
+				return "", err
+			}
 		}
 	}
 	if mapped && worker != "" {

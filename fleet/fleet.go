@@ -12,6 +12,7 @@ import (
 	"golang.org/x/sync/singleflight"
 
 	"github.com/sessionid/caddy-sessionid/idmap"
+	"github.com/sessionid/caddy-sessionid/internal/moving"
 	"github.com/sessionid/caddy-sessionid/internal/upstream"
 )
 
@@ -35,11 +36,12 @@ type Fleet struct {
 	withoutPolicy map[string]struct{} // upstreams that answered with no policy in place
 	misconfigured atomic.Bool
 	discovery     singleflight.Group
+	moves         *moving.Namespace // the namespace's moves, across reloads
 }
 
 // New returns the fleet of a handler's namespace.
 func New(namespace string, index *idmap.Index, logger *zap.Logger) *Fleet {
-	return &Fleet{namespace: namespace, index: index, logger: logger}
+	return &Fleet{namespace: namespace, index: index, logger: logger, moves: moving.Of(namespace)}
 }
 
 // ErrMisrouting is the answer of a handler that found several upstreams

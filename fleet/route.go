@@ -26,7 +26,24 @@ func (f *Fleet) Route(w http.ResponseWriter, r *http.Request, next caddyhttp.Han
 		}
 		return true
 	}
-	worker, err := f.WorkerOf(r, next, id)
+	wait := true
+	if changes(r.Method) && f.Several() {
+		// Counted until the request is done (rt.Leave), so that a move of
+		// the session waits for it before copying.
+		realID, err := f.upstreamID(r, id)
+		if err != nil {
+			f.logger.Error("session id mapping could not be read", zap.Error(err))
+			apierror.Storage(w, "session id mapping could not be read")
+			return false
+		}
+		leave, _, err := f.moves.Enter(r.Context(), realID)
+		if err != nil {
+			return false // the client left while the session was moved
+		}
+		rt.SetLeave(leave)
+		wait = false
+	}
+	worker, err := f.workerOf(r, next, id, wait)
 	var unknown ErrWorkerUnknown
 	switch {
 	case errors.As(err, &unknown):
@@ -42,6 +59,11 @@ func (f *Fleet) Route(w http.ResponseWriter, r *http.Request, next caddyhttp.Han
 	}
 	rt.Worker, rt.Session = worker, id
 	return true
+}
+
+// changes reports whether a request of method may change its session.
+func changes(method string) bool {
+	return method != http.MethodGet && method != http.MethodHead && method != http.MethodOptions
 }
 
 // ErrWorkerRemoved: the session's worker is not in reverse_proxy's pool.

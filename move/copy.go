@@ -17,9 +17,6 @@ import (
 type Copy struct {
 	Session  string
 	From, To string
-	// IdleTimeout bounds the wait for the session (and its children) to be
-	// idle on From before anything is pulled; 2 minutes when zero.
-	IdleTimeout time.Duration
 }
 
 // Copied is what a copy put on the target.
@@ -29,10 +26,15 @@ type Copied struct {
 	Sessions []string `json:"sessions"`
 	Events   int      `json:"events"`
 	Messages int      `json:"messages"`
+	// Positions is, per session, the seq of the last event copied.
+	Positions map[string]int64 `json:"-"`
 }
 
-// ErrBusy: the session was still working when IdleTimeout ran out.
+// ErrBusy: the session was still working when the wait for it ran out.
 var ErrBusy = errors.New("the session is still busy")
+
+// ErrCannotMove: a worker lacks the sync routes a move needs.
+var ErrCannotMove = errors.New("the worker cannot move sessions")
 
 // session is what a copy reads of a session.
 type session struct {
@@ -58,9 +60,10 @@ type replayEvent struct {
 	Data        json.RawMessage `json:"data"`
 }
 
-// Run copies the session and its descendants from From to To, once they are
-// idle, and checks that the target holds every message the source does. It
-// changes nothing on From.
+// Run copies the session and its descendants from From to To and checks
+// that the target holds every message the source does. It changes nothing
+// on From. The caller has made sure they are idle (WaitIdle) and that
+// nothing changes them meanwhile.
 func (ws Workers) Run(ctx context.Context, c Copy) (Copied, error) {
 	var out Copied
 	if c.From == c.To {
@@ -75,14 +78,7 @@ func (ws Workers) Run(ctx context.Context, c Copy) (Copied, error) {
 	if err != nil {
 		return out, err
 	}
-	timeout := c.IdleTimeout
-	if timeout == 0 {
-		timeout = 2 * time.Minute
-	}
-	if err := ws.waitIdle(ctx, c.From, tree, timeout); err != nil {
-		return out, err
-	}
-	history, err := ws.history(ctx, c.From, tree)
+	history, err := ws.history(ctx, c.From, tree, nil)
 	if err != nil {
 		return out, err
 	}
@@ -90,6 +86,7 @@ func (ws Workers) Run(ctx context.Context, c Copy) (Copied, error) {
 	if err != nil {
 		return out, err
 	}
+	out.Positions = map[string]int64{}
 	for _, s := range tree {
 		events := history[s.ID]
 		if len(events) == 0 {
@@ -110,6 +107,7 @@ func (ws Workers) Run(ctx context.Context, c Copy) (Copied, error) {
 		}
 		out.Sessions = append(out.Sessions, s.ID)
 		out.Events += len(events)
+		out.Positions[s.ID] = events[len(events)-1].Seq
 	}
 	for _, s := range tree {
 		from, err := ws.messageCount(ctx, c.From, s.ID)
@@ -157,7 +155,7 @@ func (ws Workers) CanMove(ctx context.Context, worker string) error {
 	if version == "" {
 		version = "unknown"
 	}
-	return fmt.Errorf("worker %s (version %s) cannot move sessions: it has no POST /sync/history and /sync/replay (opencode 1.17.9 or later has them)", worker, version)
+	return fmt.Errorf("%w: %s (version %s) has no POST /sync/history and /sync/replay (opencode 1.17.9 or later has them)", ErrCannotMove, worker, version)
 }
 
 // Tree returns the ids of a session and its descendants on worker, parents
@@ -197,6 +195,41 @@ func (ws Workers) tree(ctx context.Context, worker, id string) ([]session, error
 		tree = append(tree, children...)
 	}
 	return tree, nil
+}
+
+// WaitIdle waits until none of the sessions (a Tree) is busy on worker, for
+// at most timeout (then ErrBusy).
+func (ws Workers) WaitIdle(ctx context.Context, worker string, ids []string, timeout time.Duration) error {
+	tree := make([]session, len(ids))
+	for i, id := range ids {
+		raw, err := ws.ask(ctx, worker, http.MethodGet, "/session/"+url.PathEscape(id), nil, nil)
+		if err != nil {
+			return err
+		}
+		if err := json.Unmarshal(raw, &tree[i]); err != nil {
+			return fmt.Errorf("GET /session/%s on %s is not a session", id, worker)
+		}
+	}
+	return ws.waitIdle(ctx, worker, tree, timeout)
+}
+
+// Changed reports whether any of the sessions has events on worker after
+// the positions a copy recorded: something reached the source after it.
+func (ws Workers) Changed(ctx context.Context, worker string, positions map[string]int64) (bool, error) {
+	tree := make([]session, 0, len(positions))
+	for id := range positions {
+		tree = append(tree, session{ID: id})
+	}
+	history, err := ws.history(ctx, worker, tree, positions)
+	if err != nil {
+		return false, err
+	}
+	for _, events := range history {
+		if len(events) > 0 {
+			return true, nil
+		}
+	}
+	return false, nil
 }
 
 // waitIdle waits until none of the sessions is busy on worker.
@@ -246,12 +279,17 @@ const everything = 1 << 52
 // history pulls the histories of the sessions of tree from worker: every
 // other aggregate the worker has is listed at a position past its end,
 // since one not listed comes whole.
-func (ws Workers) history(ctx context.Context, worker string, tree []session) (map[string][]replayEvent, error) {
+//
+// With positions, only the events after them come of the sessions listed.
+func (ws Workers) history(ctx context.Context, worker string, tree []session, positions map[string]int64) (map[string][]replayEvent, error) {
 	wanted := map[string]bool{}
 	for _, s := range tree {
 		wanted[s.ID] = true
 	}
 	others := map[string]int64{}
+	for id, seq := range positions {
+		others[id] = seq
+	}
 	for _, path := range []string{"/experimental/session", "/session"} {
 		status, raw, err := ws.Do(ctx, worker, http.MethodGet, path, url.Values{"archived": {"true"}, "limit": {"1000000"}}, nil)
 		if err != nil {

@@ -8,13 +8,15 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"time"
 )
 
 // Workers asks workers directly, not through reverse_proxy: a move runs in
 // the background, for the admin API, with no client request to carry. Its
 // requests carry the module's own credentials.
 type Workers struct {
-	// Client sends the requests; http.DefaultClient when nil.
+	// Client sends the requests; when nil, a client whose requests time
+	// out after requestTimeout.
 	Client *http.Client
 	// Authorization is the Authorization header of every request, if set
 	// (the workers' password, as the health checks send it).
@@ -22,6 +24,13 @@ type Workers struct {
 	// Scheme is "http" or "https"; "http" when empty.
 	Scheme string
 }
+
+// requestTimeout bounds one request to a worker: a worker that takes a
+// connection and never answers must not hold a move, and with it the
+// session's requests, for ever.
+const requestTimeout = 2 * time.Minute
+
+var defaultClient = &http.Client{Timeout: requestTimeout}
 
 // maxAnswer bounds what a worker's answer may hold: a history is the
 // largest, a session with thousands of messages a few MB.
@@ -51,7 +60,7 @@ func (ws Workers) Do(ctx context.Context, worker, method, path string, query url
 	}
 	client := ws.Client
 	if client == nil {
-		client = http.DefaultClient
+		client = defaultClient
 	}
 	resp, err := client.Do(req)
 	if err != nil {

@@ -1,6 +1,7 @@
 package relocation
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -10,6 +11,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 
 	"github.com/sessionid/caddy-sessionid/internal/moving"
+	"github.com/sessionid/caddy-sessionid/move"
 )
 
 func init() {
@@ -61,13 +63,22 @@ func decode(r *http.Request) (request, error) {
 	return req, nil
 }
 
-// apiError turns an error of this package into the admin API's.
+// apiError turns an error of this package into the admin API's: its own
+// status, 502 for a worker that failed or could not be reached, 504 for a
+// move out of time, 500 for the rest (the storage).
 func apiError(err error) error {
 	var e Error
-	if errors.As(err, &e) {
+	var refused move.StatusError
+	var unreachable *url.Error
+	switch {
+	case errors.As(err, &e):
 		return caddy.APIError{HTTPStatus: e.Status, Err: e}
+	case errors.As(err, &refused), errors.As(err, &unreachable):
+		return caddy.APIError{HTTPStatus: http.StatusBadGateway, Err: err}
+	case errors.Is(err, context.DeadlineExceeded):
+		return caddy.APIError{HTTPStatus: http.StatusGatewayTimeout, Err: err}
 	}
-	return caddy.APIError{HTTPStatus: http.StatusBadGateway, Err: err}
+	return caddy.APIError{HTTPStatus: http.StatusInternalServerError, Err: err}
 }
 
 func handleMove(w http.ResponseWriter, r *http.Request) error {
@@ -85,7 +96,7 @@ func handleMove(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return apiError(err)
 	}
-	moved, err := rl.Move(r.Context(), req.Session, req.To)
+	moved, err := rl.Move(r.Context(), req.Session, req.To, "")
 	if err != nil {
 		return apiError(err)
 	}
@@ -131,6 +142,9 @@ func handleUndrain(w http.ResponseWriter, r *http.Request) error {
 	req, err := decode(r)
 	if err != nil {
 		return err
+	}
+	if req.Worker == "" {
+		return caddy.APIError{HTTPStatus: http.StatusBadRequest, Err: errors.New(`an undrain needs "worker"`)}
 	}
 	if err := Undrain(r.Context(), req.Namespace, req.Worker); err != nil {
 		return apiError(err)

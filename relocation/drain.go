@@ -3,6 +3,7 @@ package relocation
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -147,15 +148,21 @@ func (d *Drain) run() {
 				var to string
 				if to, err = rl.target(d.Worker, i); err == nil {
 					var moved Moved
-					if moved, err = rl.Move(ctx, clientID, to); err == nil {
+					if moved, err = rl.Move(ctx, clientID, to, d.Worker); err == nil {
 						d.mu.Lock()
 						d.Moved = append(d.Moved, moved)
 						d.mu.Unlock()
 					}
 				}
 			}
+			var refused Error
+			busy := errors.As(err, &refused) && refused.Status == http.StatusConflict
 			d.mu.Lock()
-			if err != nil {
+			if err == nil {
+				delete(d.Failed, clientID)
+			} else if busy {
+				d.Failed[clientID] = err.Error() // tried again next round
+			} else {
 				d.Failed[clientID], d.failedReal[realID] = err.Error(), true
 				rl.Logger.Warn("a session could not be moved off a draining worker", zap.String("session_id", clientID), zap.String("worker", d.Worker), zap.Error(err))
 			}
@@ -163,7 +170,7 @@ func (d *Drain) run() {
 			d.mu.Unlock()
 		}
 	}
-	d.finish(fmt.Sprintf("sessions were still being made on %s after %d rounds", d.Worker, maxRounds))
+	d.finish(fmt.Sprintf("sessions were left on %s after %d rounds (busy, or made there meanwhile)", d.Worker, maxRounds))
 }
 
 func (d *Drain) finished() bool {
@@ -198,27 +205,26 @@ func (rl *Relocator) target(from string, i int) (string, error) {
 // rootsOn lists the real ids of the sessions on a worker that have no
 // parent (children move with their parents).
 func (rl *Relocator) rootsOn(ctx context.Context, worker string) ([]string, error) {
-	for _, path := range []string{"/experimental/session", "/session"} {
-		status, raw, err := rl.Workers.Do(ctx, worker, http.MethodGet, path, url.Values{"archived": {"true"}, "limit": {"1000000"}}, nil)
-		if err != nil {
-			return nil, err
-		}
-		var listed []struct {
-			ID       string  `json:"id"`
-			ParentID *string `json:"parentID"`
-		}
-		if status != http.StatusOK || json.Unmarshal(raw, &listed) != nil {
-			continue
-		}
-		var roots []string
-		for _, s := range listed {
-			if s.ParentID == nil || *s.ParentID == "" {
-				roots = append(roots, s.ID)
-			}
-		}
-		return roots, nil
+	// GET /session lists one project's only: a drain that read it would
+	// say it is done while other projects' sessions stay.
+	status, raw, err := rl.Workers.Do(ctx, worker, http.MethodGet, "/experimental/session", url.Values{"archived": {"true"}, "limit": {"1000000"}}, nil)
+	if err != nil {
+		return nil, err
 	}
-	return nil, fmt.Errorf("%s answers no session list", worker)
+	var listed []struct {
+		ID       string  `json:"id"`
+		ParentID *string `json:"parentID"`
+	}
+	if status != http.StatusOK || json.Unmarshal(raw, &listed) != nil {
+		return nil, fmt.Errorf("%s answers GET /experimental/session with %d, not a list of every session", worker, status)
+	}
+	var roots []string
+	for _, s := range listed {
+		if s.ParentID == nil || *s.ParentID == "" {
+			roots = append(roots, s.ID)
+		}
+	}
+	return roots, nil
 }
 
 // setDraining marks a worker as draining or not, here and in the storage

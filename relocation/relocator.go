@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"slices"
 	"sync"
 	"time"
 
@@ -92,15 +93,33 @@ func current(namespace string) (*Relocator, error) {
 	return nil, Error{http.StatusBadRequest, fmt.Sprintf("%d session_ids handlers are configured: say which with \"namespace\"", len(registry))}
 }
 
+// moveDeadline bounds a whole move; quiesceWait bounds the wait, holding
+// the session, for the changes under way to finish.
+const (
+	moveDeadline = 10 * time.Minute
+	quiesceWait  = 30 * time.Second
+)
+
 // Move puts the session a client calls clientID on worker to, with its
-// children and history, and deletes it from the worker it was on.
-func (rl *Relocator) Move(ctx context.Context, clientID, to string) (Moved, error) {
+// children and history, and deletes it from the worker it was on. from, if
+// not empty, is where the caller expects it (a drain): a session found
+// elsewhere is not moved.
+//
+// Once it has started, a move is not stopped by its caller leaving: a half
+// move is undone, or finished, on its own deadline.
+func (rl *Relocator) Move(ctx context.Context, clientID, to, from string) (Moved, error) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), moveDeadline)
+	defer cancel()
 	out := Moved{Session: clientID, To: to}
-	realID, from, err := rl.locate(ctx, clientID)
+	realID, at, err := rl.locate(ctx, clientID)
 	if err != nil {
 		return out, err
 	}
-	out.From = from
+	out.From = at
+	if from != "" && at != from {
+		return out, Error{http.StatusConflict, fmt.Sprintf("session %s is on %s, not %s", clientID, at, from)}
+	}
+	from = at
 	if _, ok := rl.Fleet.Member(to); !ok {
 		return out, Error{http.StatusBadRequest, fmt.Sprintf("%s is not one of reverse_proxy's upstreams", to)}
 	}
@@ -114,50 +133,129 @@ func (rl *Relocator) Move(ctx context.Context, clientID, to string) (Moved, erro
 	defer unlock()
 	tree, err := rl.Workers.Tree(ctx, from, realID)
 	if err != nil {
-		return out, err
+		return out, workerError(err)
 	}
-	state := moving.Of(rl.Namespace)
-	var releases []func()
-	releaseAll := func() {
-		for _, release := range releases {
-			release()
-		}
-		releases = nil
+	idle := rl.IdleTimeout
+	if idle == 0 {
+		idle = 2 * time.Minute
 	}
-	defer releaseAll()
-	for _, id := range tree {
-		release, ok := state.Hold(id)
-		if !ok {
-			return out, Error{http.StatusConflict, fmt.Sprintf("session %s is being moved already", id)}
-		}
-		releases = append(releases, release)
+	// Idle first, without holding anything: a session waiting for its
+	// user's answer must get it.
+	if err := rl.Workers.WaitIdle(ctx, from, tree, idle); err != nil {
+		return out, workerError(err)
 	}
-	copied, err := rl.Workers.Run(ctx, move.Copy{Session: realID, From: from, To: to, IdleTimeout: rl.IdleTimeout})
+	release, err := rl.hold(ctx, from, tree)
 	if err != nil {
-		if errors.Is(err, move.ErrBusy) {
-			return out, Error{http.StatusConflict, err.Error()}
-		}
 		return out, err
+	}
+	defer release()
+	copied, err := rl.Workers.Run(ctx, move.Copy{Session: realID, From: from, To: to})
+	if err == nil && !slices.Equal(copied.Sessions, tree) {
+		err = Error{http.StatusConflict, fmt.Sprintf("session %s got a child during the move; move it again", clientID)}
+	}
+	if err != nil {
+		rl.undo(ctx, to, from, copied.Sessions, nil)
+		return out, workerError(err)
 	}
 	out.Sessions, out.Events, out.Messages = copied.Sessions, copied.Events, copied.Messages
+	var switched []string
 	for _, id := range copied.Sessions {
 		if err := rl.switchWorker(ctx, id, to); err != nil {
-			return out, fmt.Errorf("the session was copied to %s but could not be switched to it (it is still served by %s): %w", to, from, err)
+			rl.undo(ctx, to, from, copied.Sessions, switched)
+			return out, fmt.Errorf("the session could not be switched to %s, and stays on %s: %w", to, from, err)
 		}
+		switched = append(switched, id)
 	}
-	releaseAll() // the waiting requests go to the new worker
+	release() // the waiting requests go to the new worker
 	rl.Logger.Info("session moved", zap.String("session_id", clientID), zap.String("real_id", realID), zap.String("from", from), zap.String("to", to), zap.Int("sessions", len(copied.Sessions)), zap.Int("messages", copied.Messages))
-	for _, id := range copied.Sessions {
-		if err := rl.Index.Store.SaveMoved(ctx, idmap.Moved{RealID: id, From: from, To: to, At: time.Now().UTC()}); err != nil {
-			rl.Logger.Warn("could not record a move; the old copy stays on its worker", zap.String("real_id", id), zap.Error(err))
-			return out, nil
+	if changed, err := rl.Workers.Changed(ctx, from, copied.Positions); err != nil || changed {
+		// Something reached the old copy after it was copied (through
+		// another Caddy, or the worker directly): keep it for an operator.
+		rl.Logger.Error("the old copy of a moved session changed after the copy, or could not be checked; it is kept on its worker", zap.String("session_id", clientID), zap.String("real_id", realID), zap.String("worker", from), zap.Bool("changed", changed), zap.Error(err))
+		return out, nil
+	}
+	rl.deleteCopies(ctx, from, to, copied.Sessions)
+	return out, nil
+}
+
+// hold makes the requests for the sessions wait, then waits for the changes
+// of them under way to finish and checks they are still idle. The returned
+// function releases them (once).
+func (rl *Relocator) hold(ctx context.Context, worker string, tree []string) (func(), error) {
+	state := moving.Of(rl.Namespace)
+	var releases []func()
+	var once sync.Once
+	release := func() {
+		once.Do(func() {
+			for _, r := range releases {
+				r()
+			}
+		})
+	}
+	for _, id := range tree {
+		r, ok := state.Hold(id)
+		if !ok {
+			release()
+			return nil, Error{http.StatusConflict, fmt.Sprintf("session %s is being moved already", id)}
+		}
+		releases = append(releases, r)
+	}
+	quiet, cancel := context.WithTimeout(ctx, quiesceWait)
+	defer cancel()
+	if err := state.Quiesce(quiet, tree); err != nil {
+		release()
+		return nil, Error{http.StatusConflict, fmt.Sprintf("requests that change session %s were still under way after %v", tree[0], quiesceWait)}
+	}
+	if err := rl.Workers.WaitIdle(ctx, worker, tree, 5*time.Second); err != nil {
+		release()
+		return nil, workerError(err)
+	}
+	return release, nil
+}
+
+// undo takes a failed move back: the sessions switched go back to from,
+// and the target's copies are deleted (quietly, as a move's old copies).
+func (rl *Relocator) undo(ctx context.Context, to, from string, copied, switched []string) {
+	for _, id := range switched {
+		if err := rl.switchWorker(ctx, id, from); err != nil {
+			rl.Logger.Error("a failed move could not switch a session back; it is served by the new worker", zap.String("real_id", id), zap.String("worker", to), zap.Error(err))
+			return // its copy on the target is the one served now: keep it
 		}
 	}
-	status, body, err := rl.Workers.Do(ctx, from, http.MethodDelete, "/session/"+url.PathEscape(realID), nil, nil)
-	if err != nil || status != http.StatusOK && status != http.StatusNotFound {
-		rl.Logger.Warn("the old copy of a moved session could not be deleted", zap.String("real_id", realID), zap.String("worker", from), zap.Int("status", status), zap.ByteString("answer", body), zap.Error(err))
+	if len(copied) > 0 {
+		rl.deleteCopies(ctx, to, from, copied)
 	}
-	return out, nil
+}
+
+// deleteCopies deletes the copies of sessions on a worker they have left,
+// after recording the move so that the deletion's session.deleted is not
+// passed to clients.
+func (rl *Relocator) deleteCopies(ctx context.Context, worker, now string, ids []string) {
+	for _, id := range ids {
+		if err := rl.Index.Store.SaveMoved(ctx, idmap.Moved{RealID: id, From: worker, To: now, At: time.Now().UTC()}); err != nil {
+			rl.Logger.Warn("could not record a move; the copy stays on its worker", zap.String("real_id", id), zap.String("worker", worker), zap.Error(err))
+			return
+		}
+	}
+	// Deleting the root deletes its children.
+	status, body, err := rl.Workers.Do(ctx, worker, http.MethodDelete, "/session/"+url.PathEscape(ids[0]), nil, nil)
+	if err != nil || status != http.StatusOK && status != http.StatusNotFound {
+		rl.Logger.Warn("a copy of a moved session could not be deleted", zap.String("real_id", ids[0]), zap.String("worker", worker), zap.Int("status", status), zap.ByteString("answer", body), zap.Error(err))
+	}
+}
+
+// workerError gives a worker's refusal its own status in the admin API.
+func workerError(err error) error {
+	var status move.StatusError
+	switch {
+	case errors.As(err, &status) && status.Status == http.StatusNotFound:
+		return Error{http.StatusNotFound, err.Error()}
+	case errors.Is(err, move.ErrBusy):
+		return Error{http.StatusConflict, err.Error()}
+	case errors.Is(err, move.ErrCannotMove):
+		return Error{http.StatusNotImplemented, err.Error()}
+	}
+	return err
 }
 
 // locate finds the real id and worker of a client id.
@@ -192,15 +290,26 @@ func (rl *Relocator) locate(ctx context.Context, clientID string) (realID, worke
 
 // switchWorker records worker as the one holding the upstream session
 // realID: in its mapping, if it has one, and in its worker record.
+//
+// The mapping is changed under its client id's lock, so that a delete or a
+// create of the id is before or after it, never in between.
 func (rl *Relocator) switchWorker(ctx context.Context, realID, worker string) error {
 	clientID, mapped, err := rl.Index.ClientOf(ctx, realID)
 	if err != nil {
 		return err
 	}
 	if mapped {
-		m, err := rl.Index.Store.Load(ctx, clientID)
+		unlock, err := rl.Index.Lock(ctx, clientID)
 		if err != nil {
 			return err
+		}
+		defer unlock()
+		m, err := rl.Index.Store.Load(ctx, clientID)
+		if err != nil {
+			return err // a delete came first
+		}
+		if m.RealID != realID {
+			return fmt.Errorf("%s was deleted and made again during the move", clientID)
 		}
 		m.Worker = worker
 		if err := rl.Index.Save(ctx, m); err != nil {

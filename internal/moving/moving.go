@@ -17,6 +17,11 @@ type Namespace struct {
 	mu       sync.Mutex
 	holds    map[string]chan struct{}
 	draining map[string]bool
+	// writing counts, per session, the requests that may change it which
+	// have been routed to its worker and are not finished: a move waits
+	// for them before it copies.
+	writing map[string]int
+	changed *sync.Cond
 	// anyHeld and anyDraining let requests skip the lock when nothing moves.
 	anyHeld, anyDraining atomic.Int32
 }
@@ -33,7 +38,8 @@ func Of(namespace string) *Namespace {
 	defer registryMu.Unlock()
 	n := registry[namespace]
 	if n == nil {
-		n = &Namespace{holds: map[string]chan struct{}{}, draining: map[string]bool{}}
+		n = &Namespace{holds: map[string]chan struct{}{}, draining: map[string]bool{}, writing: map[string]int{}}
+		n.changed = sync.NewCond(&n.mu)
 		registry[namespace] = n
 	}
 	return n
@@ -79,6 +85,64 @@ func (n *Namespace) Wait(ctx context.Context, realID string) (waited bool, err e
 		return true, nil
 	case <-ctx.Done():
 		return true, ctx.Err()
+	}
+}
+
+// Enter waits while the session realID is held (see Wait) and then counts a
+// request that may change it as under way until leave runs; a move holding
+// the session waits for every such request to leave (Quiesce).
+func (n *Namespace) Enter(ctx context.Context, realID string) (leave func(), waited bool, err error) {
+	for {
+		n.mu.Lock()
+		done, held := n.holds[realID]
+		if !held {
+			n.writing[realID]++
+			n.mu.Unlock()
+			var once sync.Once
+			return func() {
+				once.Do(func() {
+					n.mu.Lock()
+					if n.writing[realID]--; n.writing[realID] <= 0 {
+						delete(n.writing, realID)
+					}
+					n.mu.Unlock()
+					n.changed.Broadcast()
+				})
+			}, waited, nil
+		}
+		n.mu.Unlock()
+		waited = true
+		select {
+		case <-done:
+		case <-ctx.Done():
+			return func() {}, true, ctx.Err()
+		}
+	}
+}
+
+// Quiesce waits until no request that may change any of the sessions is
+// under way (see Enter), or ctx is done. Call it holding them.
+func (n *Namespace) Quiesce(ctx context.Context, realIDs []string) error {
+	stop := context.AfterFunc(ctx, func() {
+		n.mu.Lock()
+		defer n.mu.Unlock()
+		n.changed.Broadcast()
+	})
+	defer stop()
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for {
+		busy := false
+		for _, id := range realIDs {
+			busy = busy || n.writing[id] > 0
+		}
+		if !busy {
+			return nil
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		n.changed.Wait()
 	}
 }
 

@@ -53,3 +53,43 @@ func TestDrainingWorkers(t *testing.T) {
 		t.Fatal("undrain did not stick")
 	}
 }
+
+func TestAMoveWaitsForTheChangesUnderWay(t *testing.T) {
+	n := Of(t.Name())
+	leave, waited, err := n.Enter(context.Background(), "ses_a")
+	if waited || err != nil {
+		t.Fatalf("nothing held: %v %v", waited, err)
+	}
+	release, _ := n.Hold("ses_a")
+	quiet := make(chan error)
+	go func() { quiet <- n.Quiesce(context.Background(), []string{"ses_a"}) }()
+	select {
+	case <-quiet:
+		t.Fatal("the move did not wait for the prompt under way")
+	case <-time.After(50 * time.Millisecond):
+	}
+	leave()
+	leave() // twice is once
+	if err := <-quiet; err != nil {
+		t.Fatal(err)
+	}
+	// A request that comes during the hold waits for it, then counts.
+	entered := make(chan func())
+	go func() {
+		leave, waited, _ := n.Enter(context.Background(), "ses_a")
+		if !waited {
+			t.Error("the request did not wait for the hold")
+		}
+		entered <- leave
+	}()
+	time.Sleep(20 * time.Millisecond)
+	release()
+	(<-entered)()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	leave, _, _ = n.Enter(context.Background(), "ses_b")
+	defer leave()
+	if err := n.Quiesce(ctx, []string{"ses_b"}); err == nil {
+		t.Fatal("Quiesce ignored its deadline")
+	}
+}

@@ -30,12 +30,38 @@ type Route struct {
 	Avoid func(worker string) bool
 
 	mu sync.Mutex
+	// leave ends the request's count as a change under way of its session
+	// (internal/moving), when it was counted.
+	leave func()
 	// seen: the policy ran, so Worker was honoured.
 	seen bool
 	// chosen is the worker the policy selected last.
 	chosen string
 	// pool is the pool the policy selected from.
 	pool *Pool
+}
+
+// SetLeave sets what Leave runs, running the one set before, if any.
+func (rt *Route) SetLeave(leave func()) {
+	rt.mu.Lock()
+	old := rt.leave
+	rt.leave = leave
+	rt.mu.Unlock()
+	if old != nil {
+		old()
+	}
+}
+
+// Leave runs once the client's request is done: it is no longer a change
+// under way of its session.
+func (rt *Route) Leave() {
+	rt.mu.Lock()
+	leave := rt.leave
+	rt.leave = nil
+	rt.mu.Unlock()
+	if leave != nil {
+		leave()
+	}
 }
 
 // Report records a selection of the policy: the pool it chose from and the
