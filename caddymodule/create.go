@@ -38,16 +38,8 @@ const ReplayHeader = upstream.ReplayHeader
 // the body it is an ordinary create and passes through; with one, the session
 // is made, found or refused under that id.
 func (h *Handler) serveCreate(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
-	var raw []byte
-	if r.Body != nil && r.Body != http.NoBody {
-		var err error
-		if raw, err = upstream.ReadBody(r, h.MaxBodySize); err != nil {
-			upstream.BodyRefused(w, err, h.MaxBodySize)
-			return nil
-		}
-	}
-	if err := h.ids.CheckIDs([]byte(r.URL.RawQuery), raw); err != nil {
-		upstream.BodyRefused(w, err, h.MaxBodySize)
+	raw, ok := h.readNewSessionBody(w, r)
+	if !ok {
 		return nil
 	}
 	parse := h.parseCreate
@@ -62,6 +54,25 @@ func (h *Handler) serveCreate(w http.ResponseWriter, r *http.Request, next caddy
 		return h.proxyNewSession(w, r, next, raw)
 	}
 	return h.createSession(w, r, next, req)
+}
+
+// readNewSessionBody reads the body of a create or a fork (nil when it has
+// none) and bounds the ids it names; it answers 413 itself and returns false
+// for one too large or naming too many.
+func (h *Handler) readNewSessionBody(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
+	var raw []byte
+	if r.Body != nil && r.Body != http.NoBody {
+		var err error
+		if raw, err = upstream.ReadBody(r, h.MaxBodySize); err != nil {
+			upstream.BodyRefused(w, err, h.MaxBodySize)
+			return nil, false
+		}
+	}
+	if err := h.ids.CheckIDs([]byte(r.URL.RawQuery), raw); err != nil {
+		upstream.BodyRefused(w, err, h.MaxBodySize)
+		return nil, false
+	}
+	return raw, true
 }
 
 // createMapped makes, finds or refuses the session of one client id in

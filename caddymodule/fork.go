@@ -22,16 +22,8 @@ import (
 // grammar, the duplicate policy (forkOf and messageID are its fields) and
 // exactly once, through crashes.
 func (h *Handler) serveFork(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
-	var raw []byte
-	if r.Body != nil && r.Body != http.NoBody {
-		var err error
-		if raw, err = upstream.ReadBody(r, h.MaxBodySize); err != nil {
-			upstream.BodyRefused(w, err, h.MaxBodySize)
-			return nil
-		}
-	}
-	if err := h.ids.CheckIDs([]byte(r.URL.RawQuery), raw); err != nil {
-		upstream.BodyRefused(w, err, h.MaxBodySize)
+	raw, ok := h.readNewSessionBody(w, r)
+	if !ok {
 		return nil
 	}
 	req, ok := h.parseFork(w, r, raw)

@@ -3,7 +3,6 @@ package nativeserver
 import (
 	"bytes"
 	"encoding/json"
-	"fmt"
 	"io"
 	"net/http"
 	"strings"
@@ -57,16 +56,7 @@ func (s *Server) fork(w http.ResponseWriter, r *http.Request) {
 	if id == "" {
 		id = idmap.NewID("ses", true)
 	} else if existing, ok := s.store.get(id); ok {
-		decision := s.cfg.Duplicates.Decide(existing.Fields, fields)
-		switch {
-		case decision.Replay:
-			w.Header().Set("Idempotent-Replayed", "true")
-			writeJSON(w, 200, existing.Session)
-		case len(decision.Differ) > 0:
-			conflict(w, id, fmt.Sprintf("session %s exists with a different %s", id, strings.Join(decision.Differ, ", ")), decision.Differ)
-		default:
-			conflict(w, id, fmt.Sprintf("session %s already exists", id), nil)
-		}
+		s.answerDuplicate(w, id, existing, fields)
 		return
 	}
 	if directory == "" {

@@ -124,16 +124,7 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request) {
 	if id == "" {
 		id = idmap.NewID("ses", true)
 	} else if existing, ok := s.store.get(id); ok {
-		decision := s.cfg.Duplicates.Decide(existing.Fields, fields)
-		switch {
-		case decision.Replay:
-			w.Header().Set("Idempotent-Replayed", "true")
-			writeJSON(w, 200, existing.Session)
-		case len(decision.Differ) > 0:
-			conflict(w, id, fmt.Sprintf("session %s exists with a different %s", id, strings.Join(decision.Differ, ", ")), decision.Differ)
-		default:
-			conflict(w, id, fmt.Sprintf("session %s already exists", id), nil)
-		}
+		s.answerDuplicate(w, id, existing, fields)
 		return
 	}
 	if in.ParentID != "" {
@@ -161,6 +152,22 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request) {
 	}
 	s.events.publish("session.created", map[string]any{"sessionID": id, "info": session})
 	writeJSON(w, 200, session)
+}
+
+// answerDuplicate answers a create or fork of an id that exists, by the
+// duplicate policy: the existing session, marked as a replay, or 409 naming
+// the fields that differ.
+func (s *Server) answerDuplicate(w http.ResponseWriter, id string, existing *record, fields fieldsRecord) {
+	decision := s.cfg.Duplicates.Decide(existing.Fields, fields)
+	switch {
+	case decision.Replay:
+		w.Header().Set("Idempotent-Replayed", "true")
+		writeJSON(w, 200, existing.Session)
+	case len(decision.Differ) > 0:
+		conflict(w, id, fmt.Sprintf("session %s exists with a different %s", id, strings.Join(decision.Differ, ", ")), decision.Differ)
+	default:
+		conflict(w, id, fmt.Sprintf("session %s already exists", id), nil)
+	}
 }
 
 // slugFor is a stable, readable handle derived from the id.
