@@ -77,8 +77,10 @@ func (directIDs) Relay(w http.ResponseWriter, _ *http.Request, answer *upstream.
 }
 
 func (t directIDs) Event(ctx context.Context, ev []byte) []byte {
-	if t.h != nil && t.h.movedAway(ctx, ev) {
-		return nil
+	if t.h != nil {
+		if instead, moved := t.h.movedAway(ctx, ev); moved {
+			return instead
+		}
 	}
 	return ev
 }

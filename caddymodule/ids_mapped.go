@@ -136,10 +136,14 @@ func (t mappedIDs) Relay(w http.ResponseWriter, r *http.Request, answer *upstrea
 
 func (t mappedIDs) Event(ctx context.Context, ev []byte) []byte {
 	h := t.h
-	if h.movedAway(ctx, ev) {
-		return nil
+	if instead, moved := h.movedAway(ctx, ev); moved {
+		ev = instead
+		if ev == nil {
+			return nil
+		}
+	} else {
+		ev = h.followCreate(ctx, ev)
 	}
-	ev = h.followCreate(ctx, ev)
 	lookup := &lookupFunc{resolve: h.index.ClientOf, ctx: ctx}
 	ev, ids := idmap.Replace(ev, lookup.lookup)
 	h.countRewrite("response", len(ev), ids)

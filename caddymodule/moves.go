@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+
+	"github.com/sessionid/caddy-sessionid/events"
 )
 
 // movedWindow is how long after a move the old worker's deletion of its
@@ -18,19 +20,30 @@ const movedWindow = 2 * time.Minute
 // the sync event "session.deleted.1" on /global/event; the type comes first.
 var deletedSession = regexp.MustCompile(`"type":"session\.deleted(?:\.[0-9]+)?".*?"sessionID":"(ses_[A-Za-z0-9_-]+)"`)
 
-// movedAway reports whether an event is a moved session's deletion on the
-// worker it left (relocation deletes that copy): clients must not see it,
-// the session lives on. One storage read per session.deleted event.
-func (h *Handler) movedAway(ctx context.Context, ev []byte) bool {
+// movedAway recognises a moved session's deletion on the worker it left
+// (relocation deletes that copy): clients must not see it, the session
+// lives on. It returns what clients get instead: the session_ids.moved
+// event for opencode's session.deleted, nothing for its sync twin
+// session.deleted.1. Every Caddy whose streams follow the old worker sees
+// the deletion, and so tells its clients. One storage read per
+// session.deleted event.
+func (h *Handler) movedAway(ctx context.Context, ev []byte) (instead []byte, moved bool) {
 	if !bytes.Contains(ev, []byte(`"type":"session.deleted`)) {
-		return false
+		return nil, false
 	}
 	m := deletedSession.FindSubmatch(ev)
 	if m == nil {
-		return false
+		return nil, false
 	}
-	moved, err := h.index.Store.LoadMoved(ctx, string(m[1]))
-	return err == nil && time.Since(moved.At) < movedWindow
+	realID := string(m[1])
+	record, err := h.index.Store.LoadMoved(ctx, realID)
+	if err != nil || time.Since(record.At) >= movedWindow {
+		return nil, false
+	}
+	if bytes.Contains(ev, []byte(`"type":"session.deleted.`)) {
+		return nil, true
+	}
+	return events.MovedEvent(realID, record.From, record.To, bytes.Contains(ev, []byte(`"payload":`))), true
 }
 
 // avoidWorker reports whether new sessions must not be placed on a worker:

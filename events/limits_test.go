@@ -284,6 +284,7 @@ func TestStreamsAreBounded(t *testing.T) {
 		}
 		close(stop)
 		sampled.Wait()
+		most = max(most, budget.Used()) // the sampler may not have run since the last append
 		if most > total {
 			t.Fatalf("the streams retained %d bytes together, over retain_total %d", most, total)
 		}

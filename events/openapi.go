@@ -34,6 +34,23 @@ func (e *Config) Augment(schemas, paths map[string]any) {
 		"type": "object", "required": []any{"payload"},
 		"properties": map[string]any{"payload": map[string]any{"$ref": "#/components/schemas/SessionIdsResyncEvent"}},
 	}
+	schemas["SessionIdsMovedEvent"] = map[string]any{
+		"type": "object", "required": []any{"type", "properties"},
+		"description": "Sent when a session changed workers (moved, or its worker drained): it lives on with its history; " +
+			"no session.deleted is sent for the copy it left. See docs/fleet.md.",
+		"properties": map[string]any{
+			"type": map[string]any{"type": "string", "enum": []any{MovedEventType}},
+			"properties": map[string]any{"type": "object", "required": []any{"sessionID", "from", "to"}, "properties": map[string]any{
+				"sessionID": map[string]any{"type": "string"},
+				"from":      map[string]any{"type": "string", "description": "the worker it left"},
+				"to":        map[string]any{"type": "string", "description": "the worker that holds it now"},
+			}},
+		},
+	}
+	schemas["SessionIdsGlobalMovedEvent"] = map[string]any{
+		"type": "object", "required": []any{"payload"},
+		"properties": map[string]any{"payload": map[string]any{"$ref": "#/components/schemas/SessionIdsMovedEvent"}},
+	}
 	schemas["TooManyStreamsError"] = map[string]any{
 		"type": "object", "required": []any{"name", "data"},
 		"properties": map[string]any{
@@ -52,9 +69,9 @@ func (e *Config) Augment(schemas, paths map[string]any) {
 	description := "Every event carries an SSE id. Reconnect with Last-Event-ID (or ?lastEventID=) to get every event " +
 		"sent since that one that is still retained (up to " + time.Duration(e.RetainFor).String() +
 		"), then the live stream; where that is not possible the first event is " + ResyncEventType + ". See docs/events.md."
-	for path, resyncRef := range map[string]string{
-		"/event":        "#/components/schemas/SessionIdsResyncEvent",
-		"/global/event": "#/components/schemas/SessionIdsGlobalResyncEvent",
+	for path, refs := range map[string][2]string{
+		"/event":        {"#/components/schemas/SessionIdsResyncEvent", "#/components/schemas/SessionIdsMovedEvent"},
+		"/global/event": {"#/components/schemas/SessionIdsGlobalResyncEvent", "#/components/schemas/SessionIdsGlobalMovedEvent"},
 	} {
 		item, _ := paths[path].(map[string]any)
 		op, _ := item["get"].(map[string]any)
@@ -84,6 +101,6 @@ func (e *Config) Augment(schemas, paths map[string]any) {
 		if media == nil || media["schema"] == nil {
 			continue
 		}
-		media["schema"] = map[string]any{"anyOf": []any{media["schema"], map[string]any{"$ref": resyncRef}}}
+		media["schema"] = map[string]any{"anyOf": []any{media["schema"], map[string]any{"$ref": refs[0]}, map[string]any{"$ref": refs[1]}}}
 	}
 }

@@ -287,6 +287,23 @@ func (x *Index) Remove(ctx context.Context, m Mapping) error {
 	return err
 }
 
+// Refresh drops what the cache knows of some client ids and upstream
+// sessions (their mappings both ways and their recorded workers), so that
+// the next lookup reads the storage: another Caddy changed them.
+func (x *Index) Refresh(clientIDs, realIDs []string) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	x.generation++
+	for _, id := range clientIDs {
+		x.cache.Del("c:" + id)
+	}
+	for _, id := range realIDs {
+		x.cache.Del("r:" + id)
+		x.cache.Del("w:" + id)
+		x.cache.Del("u:" + id)
+	}
+}
+
 // forget drops both directions of m from the cache and bumps the generation,
 // so that no negative answer looked up before the change is cached after it.
 func (x *Index) forget(m Mapping) {

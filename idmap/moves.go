@@ -7,11 +7,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"time"
 )
 
 // What moves of sessions between workers keep in the storage:
 //
+//	<root>/<namespace>/moving/<real id>  Move: a move under way
 //	<root>/<namespace>/moved/<real id>   Moved: the session left a worker
 //	<root>/<namespace>/draining          the workers being drained, a JSON list
 //
@@ -82,4 +84,91 @@ func (s *Store) SaveDraining(ctx context.Context, workers []string) error {
 		return err
 	}
 	return s.put(ctx, s.prefix+"/draining", raw)
+}
+
+// Move is a move of a session under way, in the storage for as long as it
+// lasts (moving/<real id of its root>): every Caddy sharing the storage
+// holds the requests for its sessions while it copies, and routes them to
+// the new worker once it has switched.
+type Move struct {
+	RealID string `json:"real_id"`
+	From   string `json:"from"`
+	To     string `json:"to"`
+	// Token names this attempt: the switch is written only while the
+	// record still carries it, so a mover that stalled and lost its lock to
+	// another cannot finish over the other's move.
+	Token string `json:"token"`
+	// Sessions are the real ids of the session and its children; Clients
+	// the client ids of those that are mapped.
+	Sessions []string `json:"sessions"`
+	Clients  []string `json:"clients,omitempty"`
+	// Switched says the sessions are recorded on To: requests go there.
+	Switched bool `json:"switched,omitempty"`
+	// Renewed is when the mover last said it is alive; a record not renewed
+	// for MoveRecordStale is a mover's that crashed, and holds nothing.
+	Renewed time.Time `json:"renewed"`
+}
+
+// MoveRecordStale is how long a move record lives without being renewed.
+const MoveRecordStale = 10 * time.Second
+
+// Stale reports whether the mover of m is gone.
+func (m Move) Stale(now time.Time) bool { return now.Sub(m.Renewed) > MoveRecordStale }
+
+// SaveMove writes a move record.
+func (s *Store) SaveMove(ctx context.Context, m Move) error {
+	if !storable(m.RealID) {
+		return fmt.Errorf("move of %q: %w", m.RealID, errUnstorable)
+	}
+	raw, err := json.Marshal(m)
+	if err != nil {
+		return err
+	}
+	return s.put(ctx, s.key("moving", m.RealID), raw)
+}
+
+// LoadMove returns the move record of a session, or ErrNotFound.
+func (s *Store) LoadMove(ctx context.Context, realID string) (Move, error) {
+	var m Move
+	if !storable(realID) {
+		return m, ErrNotFound
+	}
+	err := s.loadJSON(ctx, s.key("moving", realID), &m)
+	return m, err
+}
+
+// RemoveMove deletes the move record of a session.
+func (s *Store) RemoveMove(ctx context.Context, realID string) error {
+	if !storable(realID) {
+		return nil
+	}
+	return s.delete(ctx, s.key("moving", realID))
+}
+
+// Moves returns the move records in the storage: the moves under way, and
+// those of movers that crashed (Stale).
+func (s *Store) Moves(ctx context.Context) ([]Move, error) {
+	var keys []string
+	err := s.timed("list", func() (err error) {
+		keys, err = s.storage.List(ctx, s.prefix+"/moving", false)
+		return err
+	})
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("list the moves: %w", err)
+	}
+	moves := make([]Move, 0, len(keys))
+	for _, key := range keys {
+		var m Move
+		switch err := s.loadJSON(ctx, key, &m); {
+		case errors.Is(err, ErrNotFound): // ended meanwhile
+		case err != nil:
+			return nil, err
+		default:
+			moves = append(moves, m)
+		}
+	}
+	return moves, nil
 }

@@ -21,6 +21,7 @@ type Storage interface {
 	Store(ctx context.Context, key string, value []byte) error
 	Load(ctx context.Context, key string) ([]byte, error)
 	Delete(ctx context.Context, key string) error
+	List(ctx context.Context, path string, recursive bool) ([]string, error)
 }
 
 // Mapping ties a client-chosen id to the upstream's real id.

@@ -112,14 +112,24 @@ func TestMoveAndDrain(t *testing.T) {
 		if seen != 1 {
 			t.Fatalf("GET /session lists the moved session %d times", seen)
 		}
-		// The old worker deleted its copy; clients are not told the session
-		// was deleted.
+		// The old worker deleted its copy; clients are told the session
+		// moved, not that it was deleted.
+		toldMoved := 0
 		for _, e := range events.until(t, 30*time.Second, func(e string) bool {
 			return strings.Contains(e, `"session.idle"`) && strings.Contains(e, parent)
 		}) {
 			if strings.Contains(e, `"session.deleted"`) {
 				t.Fatalf("the stream told clients a moved session was deleted: %s", e)
 			}
+			if strings.Contains(e, `"type":"session_ids.moved"`) && strings.Contains(e, `"sessionID":"`+parent+`"`) {
+				if !strings.Contains(e, `"to":"`+dial(to)+`"`) {
+					t.Fatalf("the moved event does not name the new worker: %s", e)
+				}
+				toldMoved++
+			}
+		}
+		if toldMoved != 1 {
+			t.Fatalf("the stream told clients %d times that the session moved, want once", toldMoved)
 		}
 		if again := admin(t, f.front, "POST", "/session_ids/move", map[string]any{"session": parent, "to": dial(to)}); again.Status != http.StatusConflict {
 			t.Fatalf("a move to where the session is: %d %s", again.Status, again.Body)

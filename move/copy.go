@@ -28,6 +28,9 @@ type Copied struct {
 	Messages int      `json:"messages"`
 	// Positions is, per session, the seq of the last event copied.
 	Positions map[string]int64 `json:"-"`
+
+	tree []session
+	home homes
 }
 
 // ErrBusy: the session was still working when the wait for it ran out.
@@ -87,43 +90,87 @@ func (ws Workers) Run(ctx context.Context, c Copy) (Copied, error) {
 		return out, err
 	}
 	out.Positions = map[string]int64{}
+	out.tree, out.home = tree, home
 	for _, s := range tree {
-		events := history[s.ID]
-		if len(events) == 0 {
+		if len(history[s.ID]) == 0 {
 			return out, fmt.Errorf("%s's history on %s is empty", s.ID, c.From)
 		}
-		directory := s.Directory
-		if directory == home.from {
-			// A session in the source's own working tree goes to the
-			// target's: its instance, and the project its tools work in.
-			directory = home.to
-			for i := range events {
-				events[i].Data = home.rewrite(events[i].Type, events[i].Data)
-			}
-		}
-		body, _ := json.Marshal(map[string]any{"directory": directory, "events": events})
-		if _, err := ws.ask(ctx, c.To, http.MethodPost, "/sync/replay", nil, body); err != nil {
-			return out, fmt.Errorf("replaying %s: %w", s.ID, err)
+		if err := ws.replay(ctx, c.To, &out, s, history[s.ID]); err != nil {
+			return out, err
 		}
 		out.Sessions = append(out.Sessions, s.ID)
-		out.Events += len(events)
-		out.Positions[s.ID] = events[len(events)-1].Seq
 	}
-	for _, s := range tree {
+	if err := ws.sameMessages(ctx, c, &out); err != nil {
+		return out, err
+	}
+	return out, nil
+}
+
+// CatchUp copies onto To what reached the sessions on From after they were
+// copied (by Run, or an earlier CatchUp) and reports how many events that
+// was. Nothing must have changed them on To meanwhile: a replay continues
+// each session's sequence where the copy left it.
+func (ws Workers) CatchUp(ctx context.Context, c Copy, copied *Copied) (int, error) {
+	history, err := ws.history(ctx, c.From, copied.tree, copied.Positions)
+	if err != nil {
+		return 0, err
+	}
+	events := 0
+	for _, s := range copied.tree {
+		if len(history[s.ID]) == 0 {
+			continue
+		}
+		events += len(history[s.ID])
+		if err := ws.replay(ctx, c.To, copied, s, history[s.ID]); err != nil {
+			return events, err
+		}
+	}
+	if events == 0 {
+		return 0, nil
+	}
+	copied.Messages = 0
+	return events, ws.sameMessages(ctx, c, copied)
+}
+
+// replay puts events of session s on worker to, in the target's working
+// tree if s was in the source's, and advances the copy's position.
+func (ws Workers) replay(ctx context.Context, to string, copied *Copied, s session, events []replayEvent) error {
+	directory := s.Directory
+	if directory == copied.home.from {
+		// A session in the source's own working tree goes to the target's:
+		// its instance, and the project its tools work in.
+		directory = copied.home.to
+		for i := range events {
+			events[i].Data = copied.home.rewrite(events[i].Type, events[i].Data)
+		}
+	}
+	body, _ := json.Marshal(map[string]any{"directory": directory, "events": events})
+	if _, err := ws.ask(ctx, to, http.MethodPost, "/sync/replay", nil, body); err != nil {
+		return fmt.Errorf("replaying %s: %w", s.ID, err)
+	}
+	copied.Events += len(events)
+	copied.Positions[s.ID] = events[len(events)-1].Seq
+	return nil
+}
+
+// sameMessages checks that the target holds as many messages of each
+// session as the source, and counts them.
+func (ws Workers) sameMessages(ctx context.Context, c Copy, copied *Copied) error {
+	for _, s := range copied.tree {
 		from, err := ws.messageCount(ctx, c.From, s.ID)
 		if err != nil {
-			return out, err
+			return err
 		}
 		to, err := ws.messageCount(ctx, c.To, s.ID)
 		if err != nil {
-			return out, err
+			return err
 		}
 		if to != from {
-			return out, fmt.Errorf("after the replay %s has %d messages on %s and %d on %s", s.ID, from, c.From, to, c.To)
+			return fmt.Errorf("after the replay %s has %d messages on %s and %d on %s", s.ID, from, c.From, to, c.To)
 		}
-		out.Messages += to
+		copied.Messages += to
 	}
-	return out, nil
+	return nil
 }
 
 // CanMove checks that a worker has the sync routes a move needs, from its

@@ -53,7 +53,7 @@ func StartDrain(ctx context.Context, namespace, worker string) (*Drain, error) {
 		return nil, err
 	}
 	if _, ok := rl.Fleet.Member(worker); !ok {
-		return nil, Error{http.StatusBadRequest, fmt.Sprintf("%s is not one of reverse_proxy's upstreams", worker)}
+		return nil, Error{http.StatusBadRequest, fmt.Sprintf("%s is not one of reverse_proxy's upstreams", worker), nil}
 	}
 	key := rl.Namespace + "|" + worker
 	drainsMu.Lock()
@@ -81,7 +81,7 @@ func DrainOf(namespace, worker string) (*Drain, error) {
 	if d := drains[rl.Namespace+"|"+worker]; d != nil {
 		return d, nil
 	}
-	return nil, Error{http.StatusNotFound, fmt.Sprintf("no drain of %s has run", worker)}
+	return nil, Error{http.StatusNotFound, fmt.Sprintf("no drain of %s has run", worker), nil}
 }
 
 // Undrain lets new sessions go to a worker again. A drain of it still
@@ -197,7 +197,7 @@ func (rl *Relocator) target(from string, i int) (string, error) {
 		}
 	}
 	if len(candidates) == 0 {
-		return "", Error{http.StatusServiceUnavailable, "no other worker is available and not draining"}
+		return "", Error{http.StatusServiceUnavailable, "no other worker is available and not draining", nil}
 	}
 	return candidates[i%len(candidates)], nil
 }

@@ -45,9 +45,12 @@ type Moved struct {
 type Error struct {
 	Status  int
 	Message string
+	cause   error
 }
 
 func (e Error) Error() string { return e.Message }
+
+func (e Error) Unwrap() error { return e.cause }
 
 var (
 	registryMu sync.Mutex
@@ -60,6 +63,7 @@ func Register(rl *Relocator) {
 	registryMu.Lock()
 	defer registryMu.Unlock()
 	registry[rl.Namespace] = rl
+	go startFollowing()
 }
 
 // Unregister forgets rl, unless a newer config has registered another.
@@ -80,7 +84,7 @@ func current(namespace string) (*Relocator, error) {
 		if rl := registry[namespace]; rl != nil {
 			return rl, nil
 		}
-		return nil, Error{http.StatusNotFound, fmt.Sprintf("no session_ids handler has namespace %q", namespace)}
+		return nil, Error{http.StatusNotFound, fmt.Sprintf("no session_ids handler has namespace %q", namespace), nil}
 	}
 	if len(registry) == 1 {
 		for _, rl := range registry {
@@ -90,7 +94,7 @@ func current(namespace string) (*Relocator, error) {
 	if rl := registry["default"]; rl != nil {
 		return rl, nil
 	}
-	return nil, Error{http.StatusBadRequest, fmt.Sprintf("%d session_ids handlers are configured: say which with \"namespace\"", len(registry))}
+	return nil, Error{http.StatusBadRequest, fmt.Sprintf("%d session_ids handlers are configured: say which with \"namespace\"", len(registry)), nil}
 }
 
 // moveDeadline bounds a whole move; quiesceWait bounds the wait, holding
@@ -117,20 +121,28 @@ func (rl *Relocator) Move(ctx context.Context, clientID, to, from string) (Moved
 	}
 	out.From = at
 	if from != "" && at != from {
-		return out, Error{http.StatusConflict, fmt.Sprintf("session %s is on %s, not %s", clientID, at, from)}
+		return out, Error{http.StatusConflict, fmt.Sprintf("session %s is on %s, not %s", clientID, at, from), nil}
 	}
 	from = at
 	if _, ok := rl.Fleet.Member(to); !ok {
-		return out, Error{http.StatusBadRequest, fmt.Sprintf("%s is not one of reverse_proxy's upstreams", to)}
+		return out, Error{http.StatusBadRequest, fmt.Sprintf("%s is not one of reverse_proxy's upstreams", to), nil}
 	}
 	if from == to {
-		return out, Error{http.StatusConflict, fmt.Sprintf("session %s is on %s already", clientID, to)}
+		return out, Error{http.StatusConflict, fmt.Sprintf("session %s is on %s already", clientID, to), nil}
 	}
 	unlock, err := rl.Index.Lock(ctx, idmap.MoveLockName(realID))
 	if err != nil {
 		return out, fmt.Errorf("lock the move of %s: %w", clientID, err)
 	}
 	defer unlock()
+	// Another Caddy may have moved it while this one waited for the lock.
+	rl.Index.Refresh([]string{clientID}, []string{realID})
+	if _, at, err = rl.locate(ctx, clientID); err != nil {
+		return out, err
+	}
+	if at != from {
+		return out, Error{http.StatusConflict, fmt.Sprintf("session %s was moved to %s meanwhile", clientID, at), nil}
+	}
 	tree, err := rl.Workers.Tree(ctx, from, realID)
 	if err != nil {
 		return out, workerError(err)
@@ -144,33 +156,49 @@ func (rl *Relocator) Move(ctx context.Context, clientID, to, from string) (Moved
 	if err := rl.Workers.WaitIdle(ctx, from, tree, idle); err != nil {
 		return out, workerError(err)
 	}
-	release, err := rl.hold(ctx, from, tree)
+	// From here on every Caddy sharing the storage holds the session's
+	// requests (follow.go), and a stalled mover cannot switch it (fence).
+	record, err := rl.announce(ctx, realID, from, to, tree)
+	if err != nil {
+		return out, err
+	}
+	defer rl.endRecord(record)
+	release, err := rl.hold(ctx, from, tree, record)
 	if err != nil {
 		return out, err
 	}
 	defer release()
-	copied, err := rl.Workers.Run(ctx, move.Copy{Session: realID, From: from, To: to})
+	c := move.Copy{Session: realID, From: from, To: to}
+	copied, err := rl.Workers.Run(ctx, c)
 	if err == nil && !slices.Equal(copied.Sessions, tree) {
-		err = Error{http.StatusConflict, fmt.Sprintf("session %s got a child during the move; move it again", clientID)}
+		err = Error{http.StatusConflict, fmt.Sprintf("session %s got a child during the move; move it again", clientID), nil}
+	}
+	if err == nil {
+		err = rl.catchUp(ctx, c, &copied)
 	}
 	if err != nil {
-		rl.undo(ctx, to, from, copied.Sessions, nil)
+		rl.undo(ctx, record, copied.Sessions, nil)
 		return out, workerError(err)
 	}
 	out.Sessions, out.Events, out.Messages = copied.Sessions, copied.Events, copied.Messages
 	var switched []string
 	for _, id := range copied.Sessions {
-		if err := rl.switchWorker(ctx, id, to); err != nil {
-			rl.undo(ctx, to, from, copied.Sessions, switched)
+		if err := rl.switchWorker(ctx, id, to, record.fence); err != nil {
+			rl.undo(ctx, record, copied.Sessions, switched)
 			return out, fmt.Errorf("the session could not be switched to %s, and stays on %s: %w", to, from, err)
 		}
 		switched = append(switched, id)
 	}
+	record.switched(ctx)
 	release() // the waiting requests go to the new worker
 	rl.Logger.Info("session moved", zap.String("session_id", clientID), zap.String("real_id", realID), zap.String("from", from), zap.String("to", to), zap.Int("sessions", len(copied.Sessions)), zap.Int("messages", copied.Messages))
+	// The other Caddys see the switch, and send their requests to the new
+	// worker, before the old copy goes.
+	sleep(ctx, settleTime)
 	if changed, err := rl.Workers.Changed(ctx, from, copied.Positions); err != nil || changed {
-		// Something reached the old copy after it was copied (through
-		// another Caddy, or the worker directly): keep it for an operator.
+		// Something reached the old copy after the last look at it (the
+		// worker directly, or a Caddy that does not follow the storage):
+		// keep it for an operator.
 		rl.Logger.Error("the old copy of a moved session changed after the copy, or could not be checked; it is kept on its worker", zap.String("session_id", clientID), zap.String("real_id", realID), zap.String("worker", from), zap.Bool("changed", changed), zap.Error(err))
 		return out, nil
 	}
@@ -178,10 +206,38 @@ func (rl *Relocator) Move(ctx context.Context, clientID, to, from string) (Moved
 	return out, nil
 }
 
+// catchUpRounds bounds how often a move copies what reached the old copy
+// while it was being copied.
+const catchUpRounds = 3
+
+// catchUp copies onto the target what reached the sessions after the copy
+// (requests another Caddy let through just before it held them), until
+// nothing more has.
+func (rl *Relocator) catchUp(ctx context.Context, c move.Copy, copied *move.Copied) error {
+	for range catchUpRounds {
+		if err := rl.Workers.WaitIdle(ctx, c.From, copied.Sessions, quiesceWait); err != nil {
+			return err
+		}
+		events, err := rl.Workers.CatchUp(ctx, c, copied)
+		if err != nil || events == 0 {
+			return err
+		}
+		rl.Logger.Info("copied what reached a session during its move", zap.String("real_id", c.Session), zap.Int("events", events))
+	}
+	return Error{http.StatusConflict, fmt.Sprintf("session %s kept changing on %s during the move; move it again", c.Session, c.From), nil}
+}
+
+func sleep(ctx context.Context, d time.Duration) {
+	select {
+	case <-ctx.Done():
+	case <-time.After(d):
+	}
+}
+
 // hold makes the requests for the sessions wait, then waits for the changes
 // of them under way to finish and checks they are still idle. The returned
 // function releases them (once).
-func (rl *Relocator) hold(ctx context.Context, worker string, tree []string) (func(), error) {
+func (rl *Relocator) hold(ctx context.Context, worker string, tree []string, record *moveRecord) (func(), error) {
 	state := moving.Of(rl.Namespace)
 	var releases []func()
 	var once sync.Once
@@ -196,7 +252,7 @@ func (rl *Relocator) hold(ctx context.Context, worker string, tree []string) (fu
 		r, ok := state.Hold(id)
 		if !ok {
 			release()
-			return nil, Error{http.StatusConflict, fmt.Sprintf("session %s is being moved already", id)}
+			return nil, Error{http.StatusConflict, fmt.Sprintf("session %s is being moved already", id), nil}
 		}
 		releases = append(releases, r)
 	}
@@ -204,8 +260,11 @@ func (rl *Relocator) hold(ctx context.Context, worker string, tree []string) (fu
 	defer cancel()
 	if err := state.Quiesce(quiet, tree); err != nil {
 		release()
-		return nil, Error{http.StatusConflict, fmt.Sprintf("requests that change session %s were still under way after %v", tree[0], quiesceWait)}
+		return nil, Error{http.StatusConflict, fmt.Sprintf("requests that change session %s were still under way after %v", tree[0], quiesceWait), nil}
 	}
+	// Until every Caddy holds them too, and what they let through before
+	// has arrived.
+	sleep(ctx, time.Until(record.announced.Add(settleTime)))
 	if err := rl.Workers.WaitIdle(ctx, worker, tree, 5*time.Second); err != nil {
 		release()
 		return nil, workerError(err)
@@ -213,11 +272,17 @@ func (rl *Relocator) hold(ctx context.Context, worker string, tree []string) (fu
 	return release, nil
 }
 
-// undo takes a failed move back: the sessions switched go back to from,
-// and the target's copies are deleted (quietly, as a move's old copies).
-func (rl *Relocator) undo(ctx context.Context, to, from string, copied, switched []string) {
+// undo takes a failed move back: the sessions switched go back to the old
+// worker, and the target's copies are deleted (quietly, as a move's old
+// copies), unless another move has taken over: its copies may be the same.
+func (rl *Relocator) undo(ctx context.Context, record *moveRecord, copied, switched []string) {
+	to, from := record.To, record.From
+	if err := record.fence(ctx); err != nil {
+		rl.Logger.Error("a failed move was taken over by another; its copies are left to that one", zap.String("real_id", record.RealID), zap.Error(err))
+		return
+	}
 	for _, id := range switched {
-		if err := rl.switchWorker(ctx, id, from); err != nil {
+		if err := rl.switchWorker(ctx, id, from, record.fence); err != nil {
 			rl.Logger.Error("a failed move could not switch a session back; it is served by the new worker", zap.String("real_id", id), zap.String("worker", to), zap.Error(err))
 			return // its copy on the target is the one served now: keep it
 		}
@@ -249,11 +314,11 @@ func workerError(err error) error {
 	var status move.StatusError
 	switch {
 	case errors.As(err, &status) && status.Status == http.StatusNotFound:
-		return Error{http.StatusNotFound, err.Error()}
+		return Error{http.StatusNotFound, err.Error(), nil}
 	case errors.Is(err, move.ErrBusy):
-		return Error{http.StatusConflict, err.Error()}
+		return Error{http.StatusConflict, err.Error(), nil}
 	case errors.Is(err, move.ErrCannotMove):
-		return Error{http.StatusNotImplemented, err.Error()}
+		return Error{http.StatusNotImplemented, err.Error(), nil}
 	}
 	return err
 }
@@ -285,18 +350,24 @@ func (rl *Relocator) locate(ctx context.Context, clientID string) (realID, worke
 			return realID, u.Dial, nil
 		}
 	}
-	return "", "", Error{http.StatusNotFound, fmt.Sprintf("no worker holds session %s", clientID)}
+	return "", "", Error{http.StatusNotFound, fmt.Sprintf("no worker holds session %s", clientID), nil}
 }
 
 // switchWorker records worker as the one holding the upstream session
 // realID: in its mapping, if it has one, and in its worker record.
 //
 // The mapping is changed under its client id's lock, so that a delete or a
-// create of the id is before or after it, never in between.
-func (rl *Relocator) switchWorker(ctx context.Context, realID, worker string) error {
+// create of the id is before or after it, never in between, and only if
+// fence, checked under that lock, says the move is still this one.
+func (rl *Relocator) switchWorker(ctx context.Context, realID, worker string, fence func(context.Context) error) error {
 	clientID, mapped, err := rl.Index.ClientOf(ctx, realID)
 	if err != nil {
 		return err
+	}
+	if !mapped {
+		if err := fence(ctx); err != nil {
+			return err
+		}
 	}
 	if mapped {
 		unlock, err := rl.Index.Lock(ctx, clientID)
@@ -304,6 +375,9 @@ func (rl *Relocator) switchWorker(ctx context.Context, realID, worker string) er
 			return err
 		}
 		defer unlock()
+		if err := fence(ctx); err != nil {
+			return err
+		}
 		m, err := rl.Index.Store.Load(ctx, clientID)
 		if err != nil {
 			return err // a delete came first
