@@ -55,6 +55,15 @@ func (f *Fleet) Misconfigured() bool { return f.misconfigured.Load() }
 // Pool is the last reported pool, or nil before the policy has run.
 func (f *Fleet) Pool() *upstream.Pool { return f.pool.Load() }
 
+// Inherit takes the pool of the fleet of the config this one replaces,
+// until a request through this one reports its own: the admin API (moves,
+// drains) needs it before any request.
+func (f *Fleet) Inherit(previous *Fleet) {
+	if pool := previous.Pool(); pool != nil {
+		f.pool.CompareAndSwap(nil, pool)
+	}
+}
+
 // Workers returns the last reported pool's workers.
 func (f *Fleet) Workers() []*reverseproxy.Upstream { return f.Pool().Upstreams() }
 

@@ -142,7 +142,7 @@ func TestMoveAndDrain(t *testing.T) {
 		}
 	})
 
-	t.Run("a drain empties a worker while clients read and prompt, and it gets no new session until undrained", func(t *testing.T) {
+	t.Run("a drain empties a worker while clients read and prompt, through a config reload, and it gets no new session until undrained", func(t *testing.T) {
 		const n = 30
 		for i := range n {
 			if r := call(t, "POST", f.front.URL+"/session", map[string]any{"id": id("drained", i), "title": fmt.Sprintf("drained %d", i)}, ""); r.Status != 200 {
@@ -201,6 +201,30 @@ func TestMoveAndDrain(t *testing.T) {
 			prompt(t, onZero[3], "during the drain")
 		}()
 
+		// The drain is a job: a config reload in its middle (which replaces
+		// the admin server, and may cut the first POST off) does not stop
+		// it, and a second POST joins it.
+		go func() {
+			raw, _ := json.Marshal(map[string]any{"worker": dial(0)})
+			if resp, err := http.Post(adminOf(f.front)+"/session_ids/drain", "application/json", bytes.NewReader(raw)); err == nil {
+				resp.Body.Close()
+			}
+		}()
+		deadline := time.Now().Add(time.Minute)
+		for {
+			var progress struct{ Moved []struct{ Session string } }
+			if got := admin(t, f.front, "GET", "/session_ids/drain?worker="+dial(0), nil); got.Status == 200 {
+				got.json(t, &progress)
+			}
+			if len(progress.Moved) >= 2 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("the drain moved nothing in a minute")
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		reloadSameConfig(t, f.front)
 		r := admin(t, f.front, "POST", "/session_ids/drain", map[string]any{"worker": dial(0)})
 		close(stop)
 		wg.Wait()
@@ -269,4 +293,25 @@ func TestMoveAndDrain(t *testing.T) {
 			t.Fatalf("no new session went to the undrained worker: %v", placed)
 		}
 	})
+}
+
+// reloadSameConfig makes a Caddy load its config again, as a config change
+// would: new handlers, a new admin server.
+func reloadSameConfig(t *testing.T, c *caddy) {
+	t.Helper()
+	config := admin(t, c, "GET", "/config/", nil)
+	if config.Status != 200 {
+		t.Fatalf("GET /config/: %d %s", config.Status, config.Body)
+	}
+	req, _ := http.NewRequest("POST", adminOf(c)+"/load", bytes.NewReader(config.Body))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Cache-Control", "must-revalidate") // even though it is unchanged
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("POST /load: %v", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("POST /load: %d", resp.StatusCode)
+	}
 }

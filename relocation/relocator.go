@@ -62,6 +62,9 @@ var (
 func Register(rl *Relocator) {
 	registryMu.Lock()
 	defer registryMu.Unlock()
+	if previous := registry[rl.Namespace]; previous != nil && previous.Fleet != nil && rl.Fleet != nil {
+		rl.Fleet.Inherit(previous.Fleet)
+	}
 	registry[rl.Namespace] = rl
 	go startFollowing()
 }
