@@ -60,8 +60,16 @@ func (s *Server) prompt(wait bool) http.HandlerFunc {
 
 // answer records the exchange and returns the assistant's message.
 func (s *Server) answer(sessionID, agent, text string) (*Message, error) {
+	s.mu.Lock()
+	s.busy[sessionID]++
+	s.mu.Unlock()
 	s.events.publish("session.status", map[string]any{"sessionID": sessionID, "status": map[string]any{"type": "busy"}})
 	defer func() {
+		s.mu.Lock()
+		if s.busy[sessionID]--; s.busy[sessionID] <= 0 {
+			delete(s.busy, sessionID)
+		}
+		s.mu.Unlock()
 		s.events.publish("session.status", map[string]any{"sessionID": sessionID, "status": map[string]any{"type": "idle"}})
 		s.events.publish("session.idle", map[string]any{"sessionID": sessionID})
 	}()

@@ -39,6 +39,7 @@ type Server struct {
 	store  *store
 	events *broker
 	mux    *http.ServeMux
+	busy   map[string]int // sessions answering a prompt (under mu)
 }
 
 // New opens the data folder and returns a Server.
@@ -50,7 +51,7 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, store: st, events: newBroker(), mux: http.NewServeMux()}
+	s := &Server{cfg: cfg, store: st, events: newBroker(), mux: http.NewServeMux(), busy: map[string]int{}}
 	s.routes()
 	return s, nil
 }
@@ -71,6 +72,11 @@ func (s *Server) routes() {
 	s.mux.HandleFunc("GET /session/{id}/message", s.messages)
 	s.mux.HandleFunc("POST /session/{id}/message", s.prompt(true))
 	s.mux.HandleFunc("POST /session/{id}/prompt_async", s.prompt(false))
+	s.mux.HandleFunc("GET /session/status", s.status)
+	s.mux.HandleFunc("POST /sync/history", s.syncHistory)
+	s.mux.HandleFunc("POST /sync/replay", s.syncReplay)
+	s.mux.HandleFunc("GET /path", s.path)
+	s.mux.HandleFunc("GET /project/current", s.currentProject)
 }
 
 // ServeHTTP serves the API.

@@ -110,7 +110,8 @@ func TestOpenAPIDeclaresChosenIDsAndConflicts(t *testing.T) {
 	}
 	// Every route the server serves is in the document, and nothing else.
 	want := []string{"/global/health", "/doc", "/event", "/session", "/session/{sessionID}", "/session/{sessionID}/children",
-		"/session/{sessionID}/fork", "/session/{sessionID}/message", "/session/{sessionID}/prompt_async"}
+		"/session/{sessionID}/fork", "/session/{sessionID}/message", "/session/{sessionID}/prompt_async",
+		"/session/status", "/sync/history", "/sync/replay", "/path", "/project/current"}
 	if len(doc.Paths) != len(want) {
 		t.Fatalf("%d paths documented, want %d", len(doc.Paths), len(want))
 	}

@@ -41,6 +41,7 @@ func openStore(dir string) (*store, error) {
 		if err := json.Unmarshal(raw, rec); err != nil {
 			return nil, fmt.Errorf("decode %s: %w", name, err)
 		}
+		sequence(nil, rec) // records written before histories had positions
 		s.records[rec.Session.ID] = rec
 	}
 	return s, nil
@@ -51,8 +52,15 @@ func (s *store) get(id string) (*record, bool) {
 	return rec, ok
 }
 
-// put writes a record durably before it becomes visible.
+// put writes a record durably before it becomes visible, giving what
+// changed since the stored one its history positions.
 func (s *store) put(rec *record) error {
+	sequence(s.records[rec.Session.ID], rec)
+	return s.write(rec)
+}
+
+// write writes a record as it is (a replay brings its positions).
+func (s *store) write(rec *record) error {
 	raw, err := json.Marshal(rec)
 	if err != nil {
 		return err

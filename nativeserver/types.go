@@ -82,6 +82,12 @@ type record struct {
 	Session  Session      `json:"session"`
 	Fields   fieldsRecord `json:"fields"`
 	Messages []Message    `json:"messages"`
+	// The record's history positions (sync.go): Seq is the last,
+	// SessionSeq the last change of Session (0: as created), MessageSeqs
+	// those of Messages.
+	Seq         int64   `json:"seq,omitempty"`
+	SessionSeq  int64   `json:"session_seq,omitempty"`
+	MessageSeqs []int64 `json:"message_seqs,omitempty"`
 }
 
 type fieldsRecord = map[string]json.RawMessage
