@@ -170,6 +170,10 @@ func (m *Main) report() string {
 			rss.seedTook.Round(time.Millisecond), rss.fillTook.Round(time.Millisecond))
 	}
 
+	if len(r.moves) > 0 {
+		reportMoves(&b, &v, r.moves)
+	}
+
 	fmt.Fprintf(&b, "\n**Targets: %d met, %d missed.**", len(v.met), len(v.missed))
 	if len(v.missed) > 0 {
 		fmt.Fprintf(&b, " Missed: %s.", strings.Join(v.missed, "; "))

@@ -34,6 +34,7 @@ type results struct {
 	fleet      *fleetFixtures // the fleet's sessions, for the report
 	sse        *sseSetup
 	rss        *rssResult
+	moves      []*moveResult
 	took       time.Duration
 }
 
@@ -101,6 +102,11 @@ func (m *Main) Run(ctx context.Context) error {
 	}
 	if !m.Skip["rss"] {
 		if m.results.rss, err = m.measureRSS(ctx, m.stub); err != nil {
+			return err
+		}
+	}
+	if !m.Skip["move"] {
+		if m.results.moves, err = m.measureMoves(ctx); err != nil {
 			return err
 		}
 	}

@@ -172,3 +172,75 @@ func (s *Store) Moves(ctx context.Context) ([]Move, error) {
 	}
 	return moves, nil
 }
+
+// What each Caddy following the moves says of itself (followers/<instance>):
+// that it is there, so that a mover knows whether it must wait for others
+// to hold a session's requests. Written every FollowerEvery.
+type Follower struct {
+	Instance string    `json:"instance"`
+	Seen     time.Time `json:"seen"`
+}
+
+// FollowerEvery is how often a Caddy says it follows; a record older than
+// three times that is a Caddy that is gone.
+const FollowerEvery = 2 * time.Second
+
+// SaveFollower records that a Caddy follows the moves.
+func (s *Store) SaveFollower(ctx context.Context, f Follower) error {
+	if !isInstance(f.Instance) {
+		return fmt.Errorf("follower %q: not a Caddy's instance name (hex)", f.Instance)
+	}
+	raw, err := json.Marshal(f)
+	if err != nil {
+		return err
+	}
+	return s.put(ctx, s.key("followers", f.Instance), raw)
+}
+
+// RemoveFollower forgets a Caddy that stops following.
+func (s *Store) RemoveFollower(ctx context.Context, instance string) error {
+	if !isInstance(instance) {
+		return nil
+	}
+	return s.delete(ctx, s.key("followers", instance))
+}
+
+// OtherFollowers reports whether a Caddy other than instance has said it
+// follows within the last three FollowerEvery.
+func (s *Store) OtherFollowers(ctx context.Context, instance string) (bool, error) {
+	var keys []string
+	err := s.timed("list", func() (err error) {
+		keys, err = s.storage.List(ctx, s.prefix+"/followers", false)
+		return err
+	})
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("list the followers: %w", err)
+	}
+	for _, key := range keys {
+		var f Follower
+		if s.loadJSON(ctx, key, &f) != nil || f.Instance == instance {
+			continue
+		}
+		if time.Since(f.Seen) < 3*FollowerEvery {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// isInstance reports whether a name is a Caddy's instance name, hex digits,
+// which alone may name a follower's key.
+func isInstance(name string) bool {
+	if name == "" || len(name) > 64 {
+		return false
+	}
+	for i := range len(name) {
+		if c := name[i]; (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
+}

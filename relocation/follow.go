@@ -2,6 +2,8 @@ package relocation
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"sync"
 	"time"
 
@@ -18,7 +20,9 @@ import (
 // them and lets the requests go, to the new worker. A mover waits
 // settleTime after writing its record before it copies, so that every Caddy
 // holds by then, and the requests they had let through have reached the old
-// worker.
+// worker; and settleTime after the switch before it deletes the old copy.
+// Each Caddy also says it follows (idmap.Follower, every 2 s): a mover that
+// finds no other Caddy there waits for no one.
 const (
 	followInterval = 250 * time.Millisecond
 	settleTime     = 3 * followInterval
@@ -30,7 +34,15 @@ type follower struct {
 	held      map[string]followed // by the real id of the move's root
 	refreshed map[string]bool     // tokens of switched moves already refreshed
 	lastRead  time.Time
+	lastSaid  time.Time // when this process last said it follows
 }
+
+// instance names this process among the Caddys that follow moves.
+var instance = func() string {
+	b := make([]byte, 12)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}()
 
 type followed struct {
 	move    idmap.Move
@@ -38,8 +50,9 @@ type followed struct {
 }
 
 var (
-	followMu  sync.Mutex
+	followMu  sync.Mutex // the followers; taken by follow
 	followers = map[string]*follower{}
+	loopMu    sync.Mutex // following; taken before registryMu
 	following bool
 
 	// own are the tokens of the moves this process makes: it holds their
@@ -67,8 +80,8 @@ func isOwn(token string) bool {
 // startFollowing runs the loop that follows every registered namespace, if
 // it does not run; it ends when no relocator is registered.
 func startFollowing() {
-	followMu.Lock()
-	defer followMu.Unlock()
+	loopMu.Lock()
+	defer loopMu.Unlock()
 	if following {
 		return
 	}
@@ -77,48 +90,59 @@ func startFollowing() {
 		ticker := time.NewTicker(followInterval)
 		defer ticker.Stop()
 		for range ticker.C {
-			registryMu.Lock()
-			relocators := make([]*Relocator, 0, len(registry))
-			for _, rl := range registry {
-				relocators = append(relocators, rl)
-			}
-			registryMu.Unlock()
-			if len(relocators) == 0 {
-				followMu.Lock()
-				// Register starts the loop again if it runs meanwhile.
-				registryMu.Lock()
-				empty := len(registry) == 0
-				registryMu.Unlock()
-				if empty {
-					following = false
-					followMu.Unlock()
-					return
+			if relocators := registered(); len(relocators) > 0 {
+				for _, rl := range relocators {
+					rl.follow()
 				}
-				followMu.Unlock()
 				continue
 			}
-			for _, rl := range relocators {
-				rl.follow()
+			loopMu.Lock()
+			// Register starts the loop again if it ran meanwhile.
+			if len(registered()) == 0 {
+				following = false
+				loopMu.Unlock()
+				return
 			}
+			loopMu.Unlock()
 		}
 	}()
 }
 
+// registered returns the relocators of every namespace.
+func registered() []*Relocator {
+	registryMu.Lock()
+	defer registryMu.Unlock()
+	relocators := make([]*Relocator, 0, len(registry))
+	for _, rl := range registry {
+		relocators = append(relocators, rl)
+	}
+	return relocators
+}
+
 // follow reads the move records of the namespace once and holds, or
-// releases, this process's requests for their sessions.
+// releases, this process's requests for their sessions. It also says, every
+// idmap.FollowerEvery, that this process follows: a mover with no other
+// Caddy following has no one to wait for.
 func (rl *Relocator) follow() {
+	followMu.Lock()
+	defer followMu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), followInterval*4)
 	defer cancel()
-	followMu.Lock()
 	f := followers[rl.Namespace]
 	if f == nil {
 		f = &follower{held: map[string]followed{}, refreshed: map[string]bool{}}
 		followers[rl.Namespace] = f
 	}
-	followMu.Unlock()
 
-	moves, err := rl.Index.Store.Moves(ctx)
 	now := time.Now()
+	if now.Sub(f.lastSaid) >= idmap.FollowerEvery {
+		if err := rl.Index.Store.SaveFollower(ctx, idmap.Follower{Instance: instance, Seen: now.UTC()}); err != nil {
+			rl.Logger.Debug("could not say this Caddy follows the moves", zap.Error(err))
+		} else {
+			f.lastSaid = now
+		}
+	}
+	moves, err := rl.Index.Store.Moves(ctx)
 	if err != nil {
 		rl.Logger.Debug("could not read the moves under way", zap.Error(err))
 		if now.Sub(f.lastRead) > idmap.MoveRecordStale {

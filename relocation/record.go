@@ -24,6 +24,8 @@ const renewEvery = 2 * time.Second
 type moveRecord struct {
 	idmap.Move
 	announced time.Time
+	// alone: no other Caddy follows the moves, so none must be waited for.
+	alone bool
 
 	rl        *Relocator
 	mu        sync.Mutex // the record's writes: renewals and the switch
@@ -55,6 +57,8 @@ func (rl *Relocator) announce(ctx context.Context, realID, from, to string, tree
 		// Its mover crashed or stalled: this one takes over.
 		rl.Logger.Warn("taking over a move whose mover is gone", zap.String("real_id", realID), zap.String("from", previous.From), zap.String("to", previous.To), zap.Time("renewed", previous.Renewed))
 	}
+	others, err := rl.Index.Store.OtherFollowers(ctx, instance)
+	r.alone = err == nil && !others
 	markOwn(r.Token, true)
 	if err := rl.Index.Store.SaveMove(ctx, r.Move); err != nil {
 		markOwn(r.Token, false)

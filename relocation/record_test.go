@@ -109,3 +109,28 @@ func TestEveryCaddyHoldsTheSessionsOfAMoveUntilItSwitches(t *testing.T) {
 		t.Fatal("a stale record held requests")
 	}
 }
+
+func TestAMoverAloneWaitsForNoOtherCaddy(t *testing.T) {
+	ctx := context.Background()
+	rl := newTestRelocator(t, t.Name())
+	rl.follow() // this Caddy says it follows
+	alone, err := rl.announce(ctx, "ses_a", "w1:1", "w2:2", []string{"ses_a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rl.endRecord(alone)
+	if !alone.alone {
+		t.Fatal("a mover with no other Caddy following waits for others")
+	}
+	if err := rl.Index.Store.SaveFollower(ctx, idmap.Follower{Instance: "0123456789abcdef", Seen: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	accompanied, err := rl.announce(ctx, "ses_a", "w1:1", "w2:2", []string{"ses_a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rl.endRecord(accompanied)
+	if accompanied.alone {
+		t.Fatal("a mover did not see the other Caddy following")
+	}
+}

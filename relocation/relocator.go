@@ -59,23 +59,33 @@ var (
 
 // Register makes rl the relocator of its namespace: the admin API and the
 // drain jobs use the one of the newest config.
+//
+// It follows the other Caddys' moves at once (follow.go): before this
+// config serves a request, it holds those of sessions being moved.
 func Register(rl *Relocator) {
 	registryMu.Lock()
-	defer registryMu.Unlock()
 	if previous := registry[rl.Namespace]; previous != nil && previous.Fleet != nil && rl.Fleet != nil {
 		rl.Fleet.Inherit(previous.Fleet)
 	}
 	registry[rl.Namespace] = rl
-	go startFollowing()
+	registryMu.Unlock()
+	rl.follow()
+	startFollowing()
 }
 
 // Unregister forgets rl, unless a newer config has registered another.
 func Unregister(rl *Relocator) {
 	registryMu.Lock()
 	defer registryMu.Unlock()
-	if registry[rl.Namespace] == rl {
-		delete(registry, rl.Namespace)
+	if registry[rl.Namespace] != rl {
+		return
 	}
+	delete(registry, rl.Namespace)
+	// This Caddy no longer follows the namespace's moves: movers need not
+	// wait for it.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = rl.Index.Store.RemoveFollower(ctx, instance)
 }
 
 // current returns the relocator of a namespace; with namespace "", the only
@@ -197,7 +207,9 @@ func (rl *Relocator) Move(ctx context.Context, clientID, to, from string) (Moved
 	rl.Logger.Info("session moved", zap.String("session_id", clientID), zap.String("real_id", realID), zap.String("from", from), zap.String("to", to), zap.Int("sessions", len(copied.Sessions)), zap.Int("messages", copied.Messages))
 	// The other Caddys see the switch, and send their requests to the new
 	// worker, before the old copy goes.
-	sleep(ctx, settleTime)
+	if !record.alone {
+		sleep(ctx, settleTime)
+	}
 	if changed, err := rl.Workers.Changed(ctx, from, copied.Positions); err != nil || changed {
 		// Something reached the old copy after the last look at it (the
 		// worker directly, or a Caddy that does not follow the storage):
@@ -267,7 +279,9 @@ func (rl *Relocator) hold(ctx context.Context, worker string, tree []string, rec
 	}
 	// Until every Caddy holds them too, and what they let through before
 	// has arrived.
-	sleep(ctx, time.Until(record.announced.Add(settleTime)))
+	if !record.alone {
+		sleep(ctx, time.Until(record.announced.Add(settleTime)))
+	}
 	if err := rl.Workers.WaitIdle(ctx, worker, tree, 5*time.Second); err != nil {
 		release()
 		return nil, workerError(err)
