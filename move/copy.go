@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -176,6 +177,23 @@ func (ws Workers) sameMessages(ctx context.Context, c Copy, copied *Copied) erro
 // CanMove checks that a worker has the sync routes a move needs, from its
 // OpenAPI document (opencode 1.15 answers unknown routes with its web UI).
 func (ws Workers) CanMove(ctx context.Context, worker string) error {
+	if checked, ok := canMove.Load(worker); ok && time.Since(checked.(time.Time)) < canMoveFor {
+		return nil
+	}
+	if err := ws.canMove(ctx, worker); err != nil {
+		return err
+	}
+	canMove.Store(worker, time.Now())
+	return nil
+}
+
+// canMove remembers, for canMoveFor, the workers found to have the sync
+// routes: opencode's /doc is large, and a drain moves many sessions.
+var canMove sync.Map
+
+const canMoveFor = 30 * time.Second
+
+func (ws Workers) canMove(ctx context.Context, worker string) error {
 	status, raw, err := ws.Do(ctx, worker, http.MethodGet, "/doc", nil, nil)
 	if err != nil {
 		return err
