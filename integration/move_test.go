@@ -315,3 +315,56 @@ func reloadSameConfig(t *testing.T, c *caddy) {
 		t.Fatalf("POST /load: %d", resp.StatusCode)
 	}
 }
+
+// TestMoveInDirectMode: direct mode in front of two reference native
+// servers, whose sync routes are compatible with opencode's: a session
+// under its own id moves with its history and child, and clients are told.
+func TestMoveInDirectMode(t *testing.T) {
+	workers := []*native{startNative(t), startNative(t)}
+	front := startCaddyFor(t, workers[0].URL+" "+workers[1].URL, "MODE=direct", "PLACEMENT=round_robin", "LB_TRY_DURATION=3s")
+	run := time.Now().UnixNano()
+	parent, child := fmt.Sprintf("ses_dmove_%d", run), fmt.Sprintf("ses_dmove_child_%d", run)
+	for _, body := range []map[string]any{{"id": parent, "title": "direct"}, {"id": child, "parentID": parent}} {
+		if r := call(t, "POST", front.URL+"/session", body, ""); r.Status != 200 {
+			t.Fatalf("create %v: %d %s", body["id"], r.Status, r.Body)
+		}
+	}
+	if r := call(t, "POST", front.URL+"/session/"+parent+"/message", map[string]any{"parts": []any{map[string]any{"type": "text", "text": "first words"}}}, ""); r.Status != 200 {
+		t.Fatalf("prompt: %d %s", r.Status, r.Body)
+	}
+	holds := func(w *native, id string) bool { return call(t, "GET", w.URL+"/session/"+id, nil, "").Status == 200 }
+	from := 0
+	if holds(workers[1], parent) {
+		from = 1
+	}
+	to := 1 - from
+	events := subscribe(t, front.URL+"/event", "")
+	r := admin(t, front, "POST", "/session_ids/move", map[string]any{"session": parent, "to": strings.TrimPrefix(workers[to].URL, "http://")})
+	if r.Status != 200 || !strings.Contains(string(r.Body), `"messages":2`) {
+		t.Fatalf("move: %d %s", r.Status, r.Body)
+	}
+	for _, id := range []string{parent, child} {
+		if holds(workers[from], id) || !holds(workers[to], id) {
+			t.Fatalf("%s is not on worker %d alone after the move", id, to)
+		}
+	}
+	if r := call(t, "POST", front.URL+"/session/"+parent+"/message", map[string]any{"parts": []any{map[string]any{"type": "text", "text": "second words"}}}, ""); r.Status != 200 {
+		t.Fatalf("prompt after the move: %d %s", r.Status, r.Body)
+	}
+	messages := call(t, "GET", front.URL+"/session/"+parent+"/message", nil, "")
+	if !strings.Contains(string(messages.Body), "first words") || !strings.Contains(string(messages.Body), "second words") {
+		t.Fatalf("the messages after the move: %.400s", messages.Body)
+	}
+	// Its id is the same, so a create of it is still a duplicate.
+	if again := call(t, "POST", front.URL+"/session", map[string]any{"id": parent, "title": "direct"}, ""); again.Status != 200 || again.Header.Get("Idempotent-Replayed") != "true" {
+		t.Fatalf("a create of the moved id: %d %s", again.Status, again.Body)
+	}
+	moved := events.until(t, 30*time.Second, func(e string) bool {
+		return strings.Contains(e, `"type":"session_ids.moved"`) && strings.Contains(e, `"sessionID":"`+parent+`"`)
+	})
+	for _, e := range moved {
+		if strings.Contains(e, `"session.deleted"`) {
+			t.Fatalf("the stream told clients a moved session was deleted: %s", e)
+		}
+	}
+}
