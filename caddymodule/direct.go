@@ -164,6 +164,10 @@ func (h *Handler) forkNative(r *http.Request, next caddyhttp.Handler, req *creat
 	if id, err := sessionIDOf(answer.Body.Bytes()); err != nil || id != req.id {
 		return nil, caddyhttp.Error(http.StatusBadGateway, fmt.Errorf("upstream answered the fork without the session %s", req.id))
 	}
+	// Moved with its parent (relocation).
+	if err := h.index.Store.SaveForked(r.Context(), req.id, req.forkOf); err != nil {
+		h.logger.Warn("could not record a fork", zap.String("real_id", req.id), zap.Error(err))
+	}
 	return answer, nil
 }
 

@@ -1,6 +1,7 @@
 package caddymodule
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"net/http"
@@ -171,7 +172,7 @@ func (h *Handler) finishFork(w http.ResponseWriter, r *http.Request, next caddyh
 		apierror.Storage(w, "the session was forked but the fork could not be recorded; retry the fork to finish it")
 		return nil
 	}
-	if err := h.index.Store.SaveForked(ctx, fork); err != nil {
+	if err := h.index.Store.SaveForked(ctx, fork, h.realIDOf(ctx, req.forkOf)); err != nil {
 		log.Warn("could not record a fork", zap.String("real_id", fork), zap.Error(err))
 	}
 	tagged := answer
@@ -385,7 +386,7 @@ func (h *Handler) adoptFound(w http.ResponseWriter, r *http.Request, next caddyh
 			return true
 		}
 	}
-	if err := h.index.Store.SaveForked(r.Context(), fork); err != nil {
+	if err := h.index.Store.SaveForked(r.Context(), fork, h.realIDOf(r.Context(), req.forkOf)); err != nil {
 		h.logger.Warn("could not record a fork", zap.String("real_id", fork), zap.Error(err))
 	}
 	if h.mapFork(w, r, req, fork, worker, tagged, endCreate) {
@@ -415,4 +416,13 @@ func (h *Handler) couldBeFork(r *http.Request, s, parent listedSession, pending 
 	}
 	forked, err := h.index.Store.Forked(r.Context(), s.ID)
 	return !forked, err
+}
+
+// realIDOf is the upstream id of a client id: its mapping's, or its own
+// (also when the mapping cannot be read: it is a record's hint only).
+func (h *Handler) realIDOf(ctx context.Context, clientID string) string {
+	if real, mapped, err := h.index.RealOf(ctx, clientID); err == nil && mapped {
+		return real
+	}
+	return clientID
 }

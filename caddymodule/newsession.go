@@ -86,13 +86,13 @@ func (h *Handler) proxyNewSession(w http.ResponseWriter, r *http.Request, next c
 		if chosen == "" {
 			chosen = rt.Worker
 		}
-		if h.Mode == ModeMapping {
-			// Out of the running when an interrupted fork under an id
-			// looks for its own (adoptFork).
-			if id := newSessionIDOf(answer.Body.Bytes()); id != "" {
-				if err := h.index.Store.SaveForked(r.Context(), id); err != nil {
-					h.logger.Warn("could not record a fork", zap.String("real_id", id), zap.Error(err))
-				}
+		// Out of the running when an interrupted fork under an id looks
+		// for its own (adoptFork), and moved with its parent (relocation).
+		// The path names the parent by its real id by now.
+		if id := newSessionIDOf(answer.Body.Bytes()); id != "" {
+			start, end, _ := sessionSegment(r.URL.Path)
+			if err := h.index.Store.SaveForked(r.Context(), id, r.URL.Path[start:end]); err != nil {
+				h.logger.Warn("could not record a fork", zap.String("real_id", id), zap.Error(err))
 			}
 		}
 		if untagged, err := h.tagFork(r, next, chosen, answer, "", ""); err == nil {

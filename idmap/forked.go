@@ -4,11 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
+	"path"
 )
 
 // The forks made through the handler are recorded, one empty record each:
 //
-//	<root>/<namespace>/forked/<real id>
+//	<root>/<namespace>/forked/<real id>               its parent's real id
+//	<root>/<namespace>/forks/<parent real id>/<real id>   empty: the parent's forks
 //
 // opencode copies a session's metadata to its forks, so the fork an
 // interrupted fork under a chosen id made is found by elimination (the
@@ -19,15 +22,50 @@ import (
 // sessions deleted behind its back stay (a few bytes each).
 
 // SaveForked records that the handler made the upstream session realID by
-// a fork.
-func (s *Store) SaveForked(ctx context.Context, realID string) error {
+// a fork of the session parentID (a real id; "" when unknown), and lists it
+// among the parent's forks (ForksOf).
+func (s *Store) SaveForked(ctx context.Context, realID, parentID string) error {
 	if !storable(realID) {
 		return fmt.Errorf("fork %q: %w", realID, errUnstorable)
 	}
-	if err := s.put(ctx, s.key("forked", realID), []byte{}); err != nil {
+	if !storable(parentID) {
+		parentID = ""
+	}
+	if err := s.put(ctx, s.key("forked", realID), []byte(parentID)); err != nil {
 		return fmt.Errorf("store fork %q: %w", realID, err)
 	}
+	if parentID != "" {
+		if err := s.put(ctx, s.key("forks", parentID+"/"+realID), []byte{}); err != nil {
+			return fmt.Errorf("store fork %q of %q: %w", realID, parentID, err)
+		}
+	}
 	return nil
+}
+
+// ForksOf returns the real ids of the forks of an upstream session that
+// the handler made (SaveForked), deleted ones included.
+func (s *Store) ForksOf(ctx context.Context, parentID string) ([]string, error) {
+	if !storable(parentID) {
+		return nil, nil
+	}
+	var keys []string
+	err := s.timed("list", func() (err error) {
+		keys, err = s.storage.List(ctx, s.key("forks", parentID), false)
+		return err
+	})
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("list the forks of %s: %w", parentID, err)
+	}
+	forks := make([]string, 0, len(keys))
+	for _, key := range keys {
+		if id := path.Base(key); storable(id) {
+			forks = append(forks, id)
+		}
+	}
+	return forks, nil
 }
 
 // Forked reports whether the handler made the upstream session realID by a
@@ -47,6 +85,11 @@ func (s *Store) Forked(ctx context.Context, realID string) (bool, error) {
 func (s *Store) RemoveForked(ctx context.Context, realID string) error {
 	if !storable(realID) {
 		return nil
+	}
+	if parent, err := s.load(ctx, s.key("forked", realID)); err == nil && storable(string(parent)) {
+		if err := s.delete(ctx, s.key("forks", string(parent)+"/"+realID)); err != nil {
+			return err
+		}
 	}
 	return s.delete(ctx, s.key("forked", realID))
 }

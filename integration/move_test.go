@@ -60,7 +60,7 @@ func TestMoveAndDrain(t *testing.T) {
 		}
 	}
 
-	t.Run("a move takes the session, its child and its history to the other worker, and nothing is seen of the old copy", func(t *testing.T) {
+	t.Run("a move takes the session, its child, its fork and its history to the other worker, and nothing is seen of the old copy", func(t *testing.T) {
 		parent, child := id("parent", 0), id("child", 0)
 		if r := call(t, "POST", f.front.URL+"/session", map[string]any{"id": parent, "title": "moving"}, ""); r.Status != 200 {
 			t.Fatalf("create: %d %s", r.Status, r.Body)
@@ -69,6 +69,10 @@ func TestMoveAndDrain(t *testing.T) {
 			t.Fatalf("child: %d %s", r.Status, r.Body)
 		}
 		prompt(t, parent, "first words")
+		fork := id("fork", 0)
+		if r := call(t, "POST", f.front.URL+"/session/"+parent+"/fork", map[string]any{"id": fork}, ""); r.Status != 200 {
+			t.Fatalf("fork: %d %s", r.Status, r.Body)
+		}
 		from, _ := f.holder(t, parent)
 		to := 1 - from
 		events := subscribe(t, f.front.URL+"/event", "")
@@ -78,12 +82,14 @@ func TestMoveAndDrain(t *testing.T) {
 			Session, From, To string
 			Sessions          []string
 			Messages          int
+			Forks             []struct{ Session string }
 		}
 		r.json(t, &moved)
-		if r.Status != 200 || moved.Session != parent || moved.From != dial(from) || moved.To != dial(to) || len(moved.Sessions) != 2 || moved.Messages != 2 {
+		if r.Status != 200 || moved.Session != parent || moved.From != dial(from) || moved.To != dial(to) || len(moved.Sessions) != 2 || moved.Messages != 2 ||
+			len(moved.Forks) != 1 || moved.Forks[0].Session != fork {
 			t.Fatalf("move: %d %s", r.Status, r.Body)
 		}
-		for _, sid := range []string{parent, child} {
+		for _, sid := range []string{parent, child, fork} {
 			if w, n := f.holder(t, sid); n != 1 || w != to {
 				t.Fatalf("%s is on worker %d (held by %d) after the move to %d", sid, w, n, to)
 			}
@@ -143,7 +149,7 @@ func TestMoveAndDrain(t *testing.T) {
 	})
 
 	t.Run("a drain empties a worker while clients read and prompt, through a config reload, and it gets no new session until undrained", func(t *testing.T) {
-		const n = 30
+		const n = 60 // about 30 on each worker
 		for i := range n {
 			if r := call(t, "POST", f.front.URL+"/session", map[string]any{"id": id("drained", i), "title": fmt.Sprintf("drained %d", i)}, ""); r.Status != 200 {
 				t.Fatalf("create %d: %d %s", i, r.Status, r.Body)
@@ -332,6 +338,10 @@ func TestMoveInDirectMode(t *testing.T) {
 	if r := call(t, "POST", front.URL+"/session/"+parent+"/message", map[string]any{"parts": []any{map[string]any{"type": "text", "text": "first words"}}}, ""); r.Status != 200 {
 		t.Fatalf("prompt: %d %s", r.Status, r.Body)
 	}
+	fork := fmt.Sprintf("ses_dmove_fork_%d", run)
+	if r := call(t, "POST", front.URL+"/session/"+parent+"/fork", map[string]any{"id": fork}, ""); r.Status != 200 {
+		t.Fatalf("fork: %d %s", r.Status, r.Body)
+	}
 	holds := func(w *native, id string) bool { return call(t, "GET", w.URL+"/session/"+id, nil, "").Status == 200 }
 	from := 0
 	if holds(workers[1], parent) {
@@ -340,10 +350,10 @@ func TestMoveInDirectMode(t *testing.T) {
 	to := 1 - from
 	events := subscribe(t, front.URL+"/event", "")
 	r := admin(t, front, "POST", "/session_ids/move", map[string]any{"session": parent, "to": strings.TrimPrefix(workers[to].URL, "http://")})
-	if r.Status != 200 || !strings.Contains(string(r.Body), `"messages":2`) {
+	if r.Status != 200 || !strings.Contains(string(r.Body), `"messages":2`) || !strings.Contains(string(r.Body), `"forks":[{"session":"`+fork+`"`) {
 		t.Fatalf("move: %d %s", r.Status, r.Body)
 	}
-	for _, id := range []string{parent, child} {
+	for _, id := range []string{parent, child, fork} {
 		if holds(workers[from], id) || !holds(workers[to], id) {
 			t.Fatalf("%s is not on worker %d alone after the move", id, to)
 		}

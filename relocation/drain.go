@@ -158,7 +158,7 @@ func (d *Drain) run() {
 			var refused Error
 			busy := errors.As(err, &refused) && refused.Status == http.StatusConflict
 			d.mu.Lock()
-			if err == nil {
+			if err == nil || errors.Is(err, errNotThere) { // moved, or moved with its parent
 				delete(d.Failed, clientID)
 			} else if busy {
 				d.Failed[clientID] = err.Error() // tried again next round

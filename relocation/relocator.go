@@ -38,7 +38,16 @@ type Moved struct {
 	Sessions []string `json:"sessions"` // the session and its children, real ids
 	Events   int      `json:"events"`
 	Messages int      `json:"messages"`
+	// Forks are the moves of the forks made through the handler of these
+	// sessions that were on the same worker (each with its own children
+	// and forks); ForksFailed says why the others stayed, by client id.
+	Forks       []Moved           `json:"forks,omitempty"`
+	ForksFailed map[string]string `json:"forks_failed,omitempty"`
 }
+
+// errNotThere: the session is not on the worker a drain expects (it moved
+// meanwhile, with its parent).
+var errNotThere = errors.New("the session is not on that worker")
 
 // Error is a move refused for a reason the caller can act on, with the
 // HTTP status the admin API answers.
@@ -134,7 +143,7 @@ func (rl *Relocator) Move(ctx context.Context, clientID, to, from string) (Moved
 	}
 	out.From = at
 	if from != "" && at != from {
-		return out, Error{http.StatusConflict, fmt.Sprintf("session %s is on %s, not %s", clientID, at, from), nil}
+		return out, Error{http.StatusConflict, fmt.Sprintf("session %s is on %s, not %s", clientID, at, from), errNotThere}
 	}
 	from = at
 	if _, ok := rl.Fleet.Member(to); !ok {
@@ -218,7 +227,42 @@ func (rl *Relocator) Move(ctx context.Context, clientID, to, from string) (Moved
 		return out, nil
 	}
 	rl.deleteCopies(ctx, from, to, copied.Sessions)
+	out.Forks, out.ForksFailed = rl.moveForks(ctx, copied.Sessions, from, to)
 	return out, nil
+}
+
+// moveForks moves, after a session, the forks of it and its children that
+// are on the worker it left: each a move of its own.
+func (rl *Relocator) moveForks(ctx context.Context, sessions []string, from, to string) ([]Moved, map[string]string) {
+	var moved []Moved
+	var failed map[string]string
+	for _, id := range sessions {
+		forks, err := rl.Index.Store.ForksOf(ctx, id)
+		if err != nil {
+			rl.Logger.Warn("could not list the forks of a moved session; they stay", zap.String("real_id", id), zap.Error(err))
+			continue
+		}
+		for _, fork := range forks {
+			clientID, err := rl.clientIDOf(ctx, fork)
+			if err != nil {
+				continue
+			}
+			m, err := rl.Move(ctx, clientID, to, from)
+			var refused Error
+			switch {
+			case err == nil:
+				moved = append(moved, m)
+			case errors.Is(err, errNotThere), errors.As(err, &refused) && refused.Status == http.StatusNotFound:
+				// Elsewhere already, or deleted.
+			default:
+				if failed == nil {
+					failed = map[string]string{}
+				}
+				failed[clientID] = err.Error()
+			}
+		}
+	}
+	return moved, failed
 }
 
 // catchUpRounds bounds how often a move copies what reached the old copy
