@@ -40,7 +40,7 @@ func (h *Handler) movedAway(ctx context.Context, ev []byte) (instead []byte, mov
 	if err != nil || time.Since(record.At) >= movedWindow {
 		return nil, false
 	}
-	if bytes.Contains(ev, []byte(`"type":"session.deleted.`)) {
+	if record.Undone || bytes.Contains(ev, []byte(`"type":"session.deleted.`)) {
 		return nil, true
 	}
 	return events.MovedEvent(realID, record.From, record.To, bytes.Contains(ev, []byte(`"payload":`))), true

@@ -34,6 +34,9 @@ type Moved struct {
 	From   string    `json:"from"`
 	To     string    `json:"to"`
 	At     time.Time `json:"at"`
+	// Undone: the copy deleted is a failed move's, on its target; the
+	// session never left From.
+	Undone bool `json:"undone,omitempty"`
 }
 
 // SaveMoved records a move.

@@ -378,3 +378,51 @@ func TestMoveInDirectMode(t *testing.T) {
 		}
 	}
 }
+
+// TestAMoveOntoAnOlderOpencodeFailsCleanly: opencode 1.15.4 has the sync
+// routes too, but its replay refuses the messages of a 1.18.33 session
+// (500; measured). The move fails with the worker's answer, the half copy on
+// the older worker is deleted, and the session goes on where it was.
+func TestAMoveOntoAnOlderOpencodeFailsCleanly(t *testing.T) {
+	bin, err := findOrInstallOpencode(LegacyOpencodeVersion)
+	if err != nil {
+		t.Fatal(err)
+	}
+	model := startFakeModel(t)
+	current, legacy := startOpencode(t, model, ""), startOpencodeBin(t, bin, model, "")
+	front := startCaddyFor(t, upstreamList([]*opencode{current, legacy}), "PLACEMENT=first", "LB_TRY_DURATION="+lbTry.String())
+	current.waitHealthy(t)
+	legacy.waitHealthy(t)
+	sid := fmt.Sprintf("ses_oldmove_%d", time.Now().UnixNano())
+	if r := call(t, "POST", front.URL+"/session", map[string]any{"id": sid, "title": "older"}, ""); r.Status != 200 {
+		t.Fatalf("create: %d %s", r.Status, r.Body)
+	}
+	prompt := func(text string) {
+		t.Helper()
+		if r := call(t, "POST", front.URL+"/session/"+sid+"/message", map[string]any{"parts": []any{map[string]any{"type": "text", "text": text}}}, ""); r.Status != 200 {
+			t.Fatalf("prompt: %d %.300s", r.Status, r.Body)
+		}
+	}
+	prompt("first words")
+	events := subscribe(t, front.URL+"/event", "")
+	r := admin(t, front, "POST", "/session_ids/move", map[string]any{"session": sid, "to": strings.TrimPrefix(legacy.URL, "http://")})
+	if r.Status != http.StatusBadGateway || !strings.Contains(string(r.Body), "/sync/replay") {
+		t.Fatalf("a move onto opencode %s: %d %s", LegacyOpencodeVersion, r.Status, r.Body)
+	}
+	if n := len(sessionsOn(t, legacy)); n != 0 {
+		t.Fatalf("the failed move left %d sessions on the older worker", n)
+	}
+	prompt("second words")
+	messages := call(t, "GET", front.URL+"/session/"+sid+"/message", nil, "")
+	if strings.Count(string(messages.Body), `"role":"user"`) != 2 || len(upstreamSessionsOf(t, current, sid)) != 1 {
+		t.Fatalf("the session after the failed move: %d %.300s", messages.Status, messages.Body)
+	}
+	// Clients are told nothing of the half copy and its deletion.
+	for _, e := range events.until(t, 30*time.Second, func(e string) bool {
+		return strings.Contains(e, `"session.idle"`) && strings.Contains(e, sid)
+	}) {
+		if strings.Contains(e, `"session.deleted"`) || strings.Contains(e, `"session_ids.moved"`) {
+			t.Fatalf("the stream told clients of a failed move: %s", e)
+		}
+	}
+}

@@ -23,7 +23,8 @@ type Copy struct {
 // Copied is what a copy put on the target.
 type Copied struct {
 	// Sessions are the session and its descendants (children), in the order
-	// they were replayed: parents first.
+	// they were replayed: parents first. After a failed copy, those that
+	// may have a copy on the target.
 	Sessions []string `json:"sessions"`
 	Events   int      `json:"events"`
 	Messages int      `json:"messages"`
@@ -96,10 +97,12 @@ func (ws Workers) Run(ctx context.Context, c Copy) (Copied, error) {
 		if len(history[s.ID]) == 0 {
 			return out, fmt.Errorf("%s's history on %s is empty", s.ID, c.From)
 		}
+		// Listed before the replay: one that fails half way leaves a copy
+		// to delete.
+		out.Sessions = append(out.Sessions, s.ID)
 		if err := ws.replay(ctx, c.To, &out, s, history[s.ID]); err != nil {
 			return out, err
 		}
-		out.Sessions = append(out.Sessions, s.ID)
 	}
 	if err := ws.sameMessages(ctx, c, &out); err != nil {
 		return out, err

@@ -3,6 +3,7 @@ package move
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -74,5 +75,26 @@ func TestAMoveBetweenNativeServers(t *testing.T) {
 	messages := send(to, "GET", "/session/ses_moving/message", "")
 	if !strings.Contains(messages, `"first"`) || !strings.Contains(messages, `"second"`) {
 		t.Fatalf("the target's messages: %s", messages)
+	}
+}
+
+// A worker whose OpenAPI document lacks the sync routes (as servers without
+// them, and opencode's web UI answering unknown paths, do) cannot move, and
+// says which version it is.
+func TestAWorkerWithoutTheSyncRoutesCannotMove(t *testing.T) {
+	old := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/doc":
+			_, _ = w.Write([]byte(`{"openapi":"3.1.0","info":{"version":"0.9.1"},"paths":{"/session":{"post":{}}}}`))
+		case "/global/health":
+			_, _ = w.Write([]byte(`{"healthy":true,"version":"0.9.1"}`))
+		default:
+			_, _ = w.Write([]byte(`<html>web UI</html>`))
+		}
+	}))
+	defer old.Close()
+	err := Workers{}.CanMove(context.Background(), strings.TrimPrefix(old.URL, "http://"))
+	if !errors.Is(err, ErrCannotMove) || !strings.Contains(err.Error(), "0.9.1") {
+		t.Fatalf("CanMove: %v", err)
 	}
 }

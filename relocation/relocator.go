@@ -226,7 +226,7 @@ func (rl *Relocator) Move(ctx context.Context, clientID, to, from string) (Moved
 		rl.Logger.Error("the old copy of a moved session changed after the copy, or could not be checked; it is kept on its worker", zap.String("session_id", clientID), zap.String("real_id", realID), zap.String("worker", from), zap.Bool("changed", changed), zap.Error(err))
 		return out, nil
 	}
-	rl.deleteCopies(ctx, from, to, copied.Sessions)
+	rl.deleteCopies(ctx, from, to, copied.Sessions, false)
 	out.Forks, out.ForksFailed = rl.moveForks(ctx, copied.Sessions, from, to)
 	return out, nil
 }
@@ -349,16 +349,17 @@ func (rl *Relocator) undo(ctx context.Context, record *moveRecord, copied, switc
 		}
 	}
 	if len(copied) > 0 {
-		rl.deleteCopies(ctx, to, from, copied)
+		rl.deleteCopies(ctx, to, from, copied, true)
 	}
 }
 
 // deleteCopies deletes the copies of sessions on a worker they have left,
 // after recording the move so that the deletion's session.deleted is not
-// passed to clients.
-func (rl *Relocator) deleteCopies(ctx context.Context, worker, now string, ids []string) {
+// passed to clients: session_ids.moved is, unless the move was undone (the
+// copies of a failed move go without a word).
+func (rl *Relocator) deleteCopies(ctx context.Context, worker, now string, ids []string, undone bool) {
 	for _, id := range ids {
-		if err := rl.Index.Store.SaveMoved(ctx, idmap.Moved{RealID: id, From: worker, To: now, At: time.Now().UTC()}); err != nil {
+		if err := rl.Index.Store.SaveMoved(ctx, idmap.Moved{RealID: id, From: worker, To: now, At: time.Now().UTC(), Undone: undone}); err != nil {
 			rl.Logger.Warn("could not record a move; the copy stays on its worker", zap.String("real_id", id), zap.String("worker", worker), zap.Error(err))
 			return
 		}
