@@ -44,6 +44,21 @@ func TestSecurity(t *testing.T) {
 			probeSecurity(t, proxy, first, password, strings.ReplaceAll(setup.name, " ", "-"))
 		})
 	}
+	t.Run("a move between workers that ask for a password uses upstream_authorization", func(t *testing.T) {
+		workers := upstreamList([]*opencode{first, second})
+		with := startCaddyFor(t, workers, health, "NAMESPACE=moves", "PLACEMENT=first")
+		sid := fmt.Sprintf("ses_secure_move_%d", time.Now().UnixNano())
+		if r := call(t, "POST", with.URL+"/session", map[string]any{"id": sid}, password); r.Status != 200 {
+			t.Fatalf("create: %d %s", r.Status, r.Body)
+		}
+		to := strings.TrimPrefix(second.URL, "http://")
+		if r := admin(t, with, "POST", "/session_ids/move", map[string]any{"session": sid, "to": to}); r.Status != 200 {
+			t.Fatalf("a move with upstream_authorization: %d %s", r.Status, r.Body)
+		}
+		if r := call(t, "GET", with.URL+"/session/"+sid, nil, password); r.Status != 200 || len(upstreamSessionsOf(t, second, sid)) != 1 {
+			t.Fatalf("the session after the move: %d %s", r.Status, r.Body)
+		}
+	})
 }
 
 // rawRequest is one request, sent as it is to opencode and to the proxy.

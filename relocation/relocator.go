@@ -377,6 +377,8 @@ func workerError(err error) error {
 	switch {
 	case errors.As(err, &status) && status.Status == http.StatusNotFound:
 		return Error{http.StatusNotFound, err.Error(), nil}
+	case errors.As(err, &status) && (status.Status == http.StatusUnauthorized || status.Status == http.StatusForbidden):
+		return Error{http.StatusBadGateway, err.Error() + ": the worker refuses the module's own requests; give it its credentials with upstream_authorization", nil}
 	case errors.Is(err, move.ErrBusy):
 		return Error{http.StatusConflict, err.Error(), nil}
 	case errors.Is(err, move.ErrCannotMove):

@@ -1,0 +1,29 @@
+package relocation
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"testing"
+
+	"github.com/sessionid/caddy-sessionid/move"
+)
+
+func TestAWorkersRefusalHasItsOwnStatusInTheAdminAPI(t *testing.T) {
+	for _, c := range []struct {
+		err    error
+		status int
+		says   string
+	}{
+		{move.StatusError{Worker: "w:1", Op: "GET /session/ses_a", Status: http.StatusNotFound}, http.StatusNotFound, "404"},
+		{move.StatusError{Worker: "w:1", Op: "GET /session/ses_a", Status: http.StatusUnauthorized}, http.StatusBadGateway, "upstream_authorization"},
+		{fmt.Errorf("wait: %w", move.ErrBusy), http.StatusConflict, "busy"},
+		{fmt.Errorf("check: %w", move.ErrCannotMove), http.StatusNotImplemented, "cannot move"},
+	} {
+		var got Error
+		if !errors.As(workerError(c.err), &got) || got.Status != c.status || !strings.Contains(got.Message, c.says) {
+			t.Errorf("%v: got %+v, want %d saying %q", c.err, got, c.status, c.says)
+		}
+	}
+}
