@@ -265,6 +265,10 @@ func TestMoveAndDrain(t *testing.T) {
 		if messages := call(t, "GET", f.front.URL+"/session/"+onZero[3]+"/message", nil, ""); !strings.Contains(string(messages.Body), "during the drain") {
 			t.Fatalf("the prompt sent during the drain is lost: %.300s", messages.Body)
 		}
+		prompt(t, onZero[0], "after the drain")
+		if body, _ := f.model.lastAgentBody.Load().(string); !strings.Contains(body, "before the drain") || !strings.Contains(body, "after the drain") {
+			t.Fatalf("the model call after the drain lacks the session's history: %.600s", body)
+		}
 		if got := admin(t, f.front, "GET", "/session_ids/drain?worker="+dial(0), nil); got.Status != 200 || !bytes.Contains(got.Body, []byte(`"remaining":0`)) {
 			t.Fatalf("the drain's progress: %d %s", got.Status, got.Body)
 		}
