@@ -158,15 +158,17 @@ func (ws Workers) replay(ctx context.Context, to string, copied *Copied, s sessi
 }
 
 // sameMessages checks that the target holds as many messages of each
-// session as the source, and counts them.
+// session as the source, and counts them. The two workers are asked at
+// once.
 func (ws Workers) sameMessages(ctx context.Context, c Copy, copied *Copied) error {
 	for _, s := range copied.tree {
-		from, err := ws.messageCount(ctx, c.From, s.ID)
-		if err != nil {
-			return err
-		}
-		to, err := ws.messageCount(ctx, c.To, s.ID)
-		if err != nil {
+		var from, to int
+		var fromErr, toErr error
+		var wg sync.WaitGroup
+		wg.Go(func() { from, fromErr = ws.messageCount(ctx, c.From, s.ID) })
+		to, toErr = ws.messageCount(ctx, c.To, s.ID)
+		wg.Wait()
+		if err := errors.Join(fromErr, toErr); err != nil {
 			return err
 		}
 		if to != from {
