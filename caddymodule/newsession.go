@@ -9,7 +9,6 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 
-	"github.com/sessionid/caddy-sessionid/fleet"
 	"github.com/sessionid/caddy-sessionid/idmap"
 	"github.com/sessionid/caddy-sessionid/internal/apierror"
 	"github.com/sessionid/caddy-sessionid/internal/upstream"
@@ -33,12 +32,11 @@ func (h *Handler) proxyNewSession(w http.ResponseWriter, r *http.Request, next c
 	}
 	rt := upstream.RouteOf(r)
 	if parent := parentIDOf(raw); several && parent != "" && rt.Worker == "" {
-		worker, err := h.fleet.WorkerOf(r, next, parent)
-		if err != nil {
-			fleet.PlacementFailed(w, err)
+		// A child goes to its parent's worker, and is a change of the
+		// parent: a move of the parent waits for it, or it for the move.
+		if !h.fleet.Route(w, r, next, rt, parent) {
 			return nil
 		}
-		rt.Worker, rt.Session = worker, parent
 	}
 	if raw == nil && r.Body != nil && r.Body != http.NoBody {
 		var err error

@@ -138,7 +138,7 @@ func (x *Index) resolve(ctx context.Context, key string, load func() (entry, err
 		e, err := load()
 		if err == nil {
 			e.mapped = true
-			x.cache.SetWithTTL(key, e, 1, x.TTL)
+			x.rememberFound(key, e, generation)
 			return e, nil
 		}
 		if !errors.Is(err, ErrNotFound) {
@@ -171,7 +171,7 @@ func (x *Index) WorkerOf(ctx context.Context, realID string) (string, bool, erro
 	worker, err := x.Store.LoadWorker(ctx, realID)
 	switch {
 	case err == nil:
-		x.cache.SetWithTTL(key, entry{worker: worker, mapped: true}, 1, x.TTL)
+		x.rememberFound(key, entry{worker: worker, mapped: true}, generation)
 		return worker, true, nil
 	case errors.Is(err, ErrNotFound):
 		x.rememberAbsent(key, generation)
@@ -221,6 +221,17 @@ func (x *Index) RemoveWorker(ctx context.Context, realID string) error {
 	x.cache.Del("w:" + realID)
 	x.mu.Unlock()
 	return err
+}
+
+// rememberFound caches what a lookup read, unless the index changed while
+// it read (a Save, or a Refresh for another Caddy's change): the read may be
+// older than the change.
+func (x *Index) rememberFound(key string, e entry, generation uint64) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if x.generation == generation {
+		x.cache.SetWithTTL(key, e, 1, x.TTL)
+	}
 }
 
 func (x *Index) rememberAbsent(key string, generation uint64) {

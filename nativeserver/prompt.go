@@ -33,6 +33,10 @@ func (s *Server) prompt(wait bool) http.HandlerFunc {
 		id := r.PathValue("id")
 		s.mu.Lock()
 		_, ok := s.store.get(id)
+		if ok {
+			// Busy before prompt_async answers (answer makes it idle).
+			s.busy[id]++
+		}
 		s.mu.Unlock()
 		if !ok {
 			notFound(w, id)
@@ -59,10 +63,8 @@ func (s *Server) prompt(wait bool) http.HandlerFunc {
 }
 
 // answer records the exchange and returns the assistant's message.
+// The caller has counted the session as busy.
 func (s *Server) answer(sessionID, agent, text string) (*Message, error) {
-	s.mu.Lock()
-	s.busy[sessionID]++
-	s.mu.Unlock()
 	s.events.publish("session.status", map[string]any{"sessionID": sessionID, "status": map[string]any{"type": "busy"}})
 	defer func() {
 		s.mu.Lock()

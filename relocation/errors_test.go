@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/caddyserver/caddy/v2"
+
 	"github.com/sessionid/caddy-sessionid/move"
 )
 
@@ -17,12 +19,13 @@ func TestAWorkersRefusalHasItsOwnStatusInTheAdminAPI(t *testing.T) {
 		says   string
 	}{
 		{move.StatusError{Worker: "w:1", Op: "GET /session/ses_a", Status: http.StatusNotFound}, http.StatusNotFound, "404"},
+		{move.StatusError{Worker: "w:2", Op: "POST /sync/replay", Status: http.StatusNotFound}, http.StatusBadGateway, "404"},
 		{move.StatusError{Worker: "w:1", Op: "GET /session/ses_a", Status: http.StatusUnauthorized}, http.StatusBadGateway, "upstream_authorization"},
 		{fmt.Errorf("wait: %w", move.ErrBusy), http.StatusConflict, "busy"},
 		{fmt.Errorf("check: %w", move.ErrCannotMove), http.StatusNotImplemented, "cannot move"},
 	} {
-		var got Error
-		if !errors.As(workerError(c.err), &got) || got.Status != c.status || !strings.Contains(got.Message, c.says) {
+		var got caddy.APIError
+		if !errors.As(apiError(workerError(c.err, "w:1")), &got) || got.HTTPStatus != c.status || !strings.Contains(got.Err.Error(), c.says) {
 			t.Errorf("%v: got %+v, want %d saying %q", c.err, got, c.status, c.says)
 		}
 	}

@@ -108,15 +108,26 @@ func startFollowing() {
 	}()
 }
 
-// registered returns the relocators of every namespace.
+// registered returns the relocator of every namespace.
 func registered() []*Relocator {
 	registryMu.Lock()
 	defer registryMu.Unlock()
 	relocators := make([]*Relocator, 0, len(registry))
-	for _, rl := range registry {
-		relocators = append(relocators, rl)
+	for ns := range registry {
+		relocators = append(relocators, newest(ns))
 	}
 	return relocators
+}
+
+// unfollow lets go of what this process held for the other Caddys' moves
+// in rl's namespace, which it no longer follows.
+func unfollow(rl *Relocator) {
+	followMu.Lock()
+	defer followMu.Unlock()
+	if f := followers[rl.Namespace]; f != nil {
+		f.releaseAll(rl)
+		delete(followers, rl.Namespace)
+	}
 }
 
 // follow reads the move records of the namespace once and holds, or
@@ -126,7 +137,7 @@ func registered() []*Relocator {
 func (rl *Relocator) follow() {
 	followMu.Lock()
 	defer followMu.Unlock()
-	ctx, cancel := context.WithTimeout(context.Background(), followInterval*4)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*followInterval) // within settleTime
 	defer cancel()
 	f := followers[rl.Namespace]
 	if f == nil {

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -31,7 +32,15 @@ type moveRecord struct {
 	mu        sync.Mutex // the record's writes: renewals and the switch
 	stopRenew context.CancelFunc
 	renewed   chan struct{}
+	// saved is when the record was last written (unix nanoseconds): a mover
+	// that has not renewed it for ownStale may have been given up by the
+	// others, and must not go on.
+	saved atomic.Int64
 }
+
+// ownStale is how old a mover lets its own record get before it stops:
+// well before idmap.MoveRecordStale, when the others give it up.
+const ownStale = idmap.MoveRecordStale - 3*time.Second
 
 // ErrTakenOver: the lock of a move ran out while its mover stalled, and
 // another move of the session started.
@@ -54,6 +63,11 @@ func (rl *Relocator) announce(ctx context.Context, realID, from, to string, tree
 		}
 	}
 	if previous, err := rl.Index.Store.LoadMove(ctx, realID); err == nil {
+		if !previous.Stale(time.Now()) {
+			// Its mover is alive (its lock ran out while it paused):
+			// overwriting the record would let two moves run.
+			return nil, Error{http.StatusConflict, fmt.Sprintf("session %s is being moved to %s by another Caddy", realID, previous.To), nil}
+		}
 		// Its mover crashed or stalled: this one takes over.
 		rl.Logger.Warn("taking over a move whose mover is gone", zap.String("real_id", realID), zap.String("from", previous.From), zap.String("to", previous.To), zap.Time("renewed", previous.Renewed))
 	}
@@ -65,6 +79,7 @@ func (rl *Relocator) announce(ctx context.Context, realID, from, to string, tree
 		return nil, fmt.Errorf("record the move of %s: %w", realID, err)
 	}
 	r.announced = time.Now()
+	r.saved.Store(r.announced.UnixNano())
 	renewCtx, stop := context.WithCancel(context.WithoutCancel(ctx))
 	r.stopRenew = stop
 	go r.renew(renewCtx)
@@ -86,7 +101,9 @@ func (r *moveRecord) renew(ctx context.Context) {
 		err := r.fence(ctx)
 		if err == nil {
 			r.Renewed = time.Now().UTC()
-			err = r.rl.Index.Store.SaveMove(ctx, r.Move)
+			if err = r.rl.Index.Store.SaveMove(ctx, r.Move); err == nil {
+				r.saved.Store(time.Now().UnixNano())
+			}
 		}
 		r.mu.Unlock()
 		if errors.Is(err, ErrTakenOver) {
@@ -101,6 +118,11 @@ func (r *moveRecord) renew(ctx context.Context) {
 // fence returns ErrTakenOver when the stored record is not this move's any
 // more. Where a switch is written, it is checked under the id's lock.
 func (r *moveRecord) fence(ctx context.Context) error {
+	if age := time.Since(time.Unix(0, r.saved.Load())); age > ownStale {
+		// The others may have stopped holding: what they let through
+		// since is on the old copy only.
+		return Error{http.StatusConflict, fmt.Sprintf("session %s: its move's record was not renewed for %v; move it again", r.RealID, age.Round(time.Second)), ErrTakenOver}
+	}
 	stored, err := r.rl.Index.Store.LoadMove(ctx, r.RealID)
 	switch {
 	case errors.Is(err, idmap.ErrNotFound):
@@ -122,7 +144,9 @@ func (r *moveRecord) switched(ctx context.Context) {
 		return
 	}
 	r.Switched, r.Renewed = true, time.Now().UTC()
-	if err := r.rl.Index.Store.SaveMove(ctx, r.Move); err != nil {
+	if err := r.rl.Index.Store.SaveMove(ctx, r.Move); err == nil {
+		r.saved.Store(time.Now().UnixNano())
+	} else {
 		r.rl.Logger.Warn("could not record a move's switch; the other Caddys follow it once its record is gone", zap.String("real_id", r.RealID), zap.Error(err))
 	}
 }

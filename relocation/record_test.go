@@ -134,3 +134,52 @@ func TestAMoverAloneWaitsForNoOtherCaddy(t *testing.T) {
 		t.Fatal("a mover did not see the other Caddy following")
 	}
 }
+
+func TestAMoveDoesNotOverwriteALiveMoversRecord(t *testing.T) {
+	ctx := context.Background()
+	rl := newTestRelocator(t, t.Name())
+	live := idmap.Move{RealID: "ses_a", From: "w1:1", To: "w2:2", Token: "alive", Sessions: []string{"ses_a"}, Renewed: time.Now()}
+	if err := rl.Index.Store.SaveMove(ctx, live); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rl.announce(ctx, "ses_a", "w1:1", "w3:3", []string{"ses_a"}); err == nil {
+		t.Fatal("a second move overwrote the record of a mover that is alive")
+	}
+	live.Renewed = time.Now().Add(-idmap.MoveRecordStale - time.Second)
+	if err := rl.Index.Store.SaveMove(ctx, live); err != nil {
+		t.Fatal(err)
+	}
+	taken, err := rl.announce(ctx, "ses_a", "w1:1", "w3:3", []string{"ses_a"})
+	if err != nil {
+		t.Fatalf("a move did not take over from a mover that is gone: %v", err)
+	}
+	rl.endRecord(taken)
+}
+
+func TestAMoverWhoseRecordWentStaleStops(t *testing.T) {
+	ctx := context.Background()
+	rl := newTestRelocator(t, t.Name())
+	r, err := rl.announce(ctx, "ses_a", "w1:1", "w2:2", []string{"ses_a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rl.endRecord(r)
+	r.saved.Store(time.Now().Add(-ownStale - time.Second).UnixNano()) // it paused; the others gave it up
+	if err := rl.switchWorker(ctx, "ses_a", "w2:2", r.fence); !errors.Is(err, ErrTakenOver) {
+		t.Fatalf("a mover whose record went stale switched: %v", err)
+	}
+}
+
+func TestAConfigThatFailsToLoadGivesTheNamespaceBack(t *testing.T) {
+	old, failed := newTestRelocator(t, t.Name()), newTestRelocator(t, t.Name())
+	Register(old)
+	defer Unregister(old)
+	Register(failed)
+	if rl, _ := current(t.Name()); rl != failed {
+		t.Fatal("the newest config is not the namespace's")
+	}
+	Unregister(failed) // its provisioning failed: Caddy cleans it up
+	if rl, _ := current(t.Name()); rl != old {
+		t.Fatal("the config still serving lost its namespace")
+	}
+}

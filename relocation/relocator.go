@@ -43,6 +43,9 @@ type Moved struct {
 	// and forks); ForksFailed says why the others stayed, by client id.
 	Forks       []Moved           `json:"forks,omitempty"`
 	ForksFailed map[string]string `json:"forks_failed,omitempty"`
+	// OldCopyKept says why the copy on From was not deleted: something
+	// reached it after the copy, which is on From only. An operator looks.
+	OldCopyKept string `json:"old_copy_kept,omitempty"`
 }
 
 // errNotThere: the session is not on the worker a drain expects (it moved
@@ -63,7 +66,10 @@ func (e Error) Unwrap() error { return e.cause }
 
 var (
 	registryMu sync.Mutex
-	registry   = map[string]*Relocator{}
+	// registry is, per namespace, the relocators of the live configs,
+	// newest last: the newest is the namespace's, and a config whose load
+	// failed gives it back to the one before.
+	registry = map[string][]*Relocator{}
 )
 
 // Register makes rl the relocator of its namespace: the admin API and the
@@ -73,28 +79,41 @@ var (
 // config serves a request, it holds those of sessions being moved.
 func Register(rl *Relocator) {
 	registryMu.Lock()
-	if previous := registry[rl.Namespace]; previous != nil && previous.Fleet != nil && rl.Fleet != nil {
-		rl.Fleet.Inherit(previous.Fleet)
+	live := registry[rl.Namespace]
+	if n := len(live); n > 0 && live[n-1].Fleet != nil && rl.Fleet != nil {
+		rl.Fleet.Inherit(live[n-1].Fleet)
 	}
-	registry[rl.Namespace] = rl
+	registry[rl.Namespace] = append(live, rl)
 	registryMu.Unlock()
 	rl.follow()
 	startFollowing()
 }
 
-// Unregister forgets rl, unless a newer config has registered another.
+// Unregister forgets rl. When no config of its namespace is left, this
+// process stops following the namespace's moves: what it held is let go,
+// and movers need not wait for it.
 func Unregister(rl *Relocator) {
 	registryMu.Lock()
-	defer registryMu.Unlock()
-	if registry[rl.Namespace] != rl {
+	live := slices.DeleteFunc(registry[rl.Namespace], func(x *Relocator) bool { return x == rl })
+	if len(live) > 0 {
+		registry[rl.Namespace] = live
+		registryMu.Unlock()
 		return
 	}
 	delete(registry, rl.Namespace)
-	// This Caddy no longer follows the namespace's moves: movers need not
-	// wait for it.
+	registryMu.Unlock()
+	unfollow(rl)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	_ = rl.Index.Store.RemoveFollower(ctx, instance)
+}
+
+// newest is the relocator of a namespace's newest config.
+func newest(namespace string) *Relocator {
+	if live := registry[namespace]; len(live) > 0 {
+		return live[len(live)-1]
+	}
+	return nil
 }
 
 // current returns the relocator of a namespace; with namespace "", the only
@@ -103,17 +122,17 @@ func current(namespace string) (*Relocator, error) {
 	registryMu.Lock()
 	defer registryMu.Unlock()
 	if namespace != "" {
-		if rl := registry[namespace]; rl != nil {
+		if rl := newest(namespace); rl != nil {
 			return rl, nil
 		}
 		return nil, Error{http.StatusNotFound, fmt.Sprintf("no session_ids handler has namespace %q", namespace), nil}
 	}
 	if len(registry) == 1 {
-		for _, rl := range registry {
-			return rl, nil
+		for ns := range registry {
+			return newest(ns), nil
 		}
 	}
-	if rl := registry["default"]; rl != nil {
+	if rl := newest("default"); rl != nil {
 		return rl, nil
 	}
 	return nil, Error{http.StatusBadRequest, fmt.Sprintf("%d session_ids handlers are configured: say which with \"namespace\"", len(registry)), nil}
@@ -167,7 +186,7 @@ func (rl *Relocator) Move(ctx context.Context, clientID, to, from string) (Moved
 	}
 	tree, err := rl.Workers.Tree(ctx, from, realID)
 	if err != nil {
-		return out, workerError(err)
+		return out, workerError(err, from)
 	}
 	idle := rl.IdleTimeout
 	if idle == 0 {
@@ -176,7 +195,14 @@ func (rl *Relocator) Move(ctx context.Context, clientID, to, from string) (Moved
 	// Idle first, without holding anything: a session waiting for its
 	// user's answer must get it.
 	if err := rl.Workers.WaitIdle(ctx, from, tree, idle); err != nil {
-		return out, workerError(err)
+		return out, workerError(err, from)
+	}
+	for _, id := range tree {
+		// A copy there (one an earlier move kept, or made by hand) would be
+		// merged into, and deleted if this move failed.
+		if status, _, err := rl.Workers.Do(ctx, to, http.MethodGet, "/session/"+url.PathEscape(id), nil, nil); err == nil && status == http.StatusOK {
+			return out, Error{http.StatusConflict, fmt.Sprintf("%s has a copy of session %s already (one an earlier move kept?): delete it there, or move elsewhere", to, id), nil}
+		}
 	}
 	// From here on every Caddy sharing the storage holds the session's
 	// requests (follow.go), and a stalled mover cannot switch it (fence).
@@ -200,7 +226,7 @@ func (rl *Relocator) Move(ctx context.Context, clientID, to, from string) (Moved
 	}
 	if err != nil {
 		rl.undo(ctx, record, copied.Sessions, nil)
-		return out, workerError(err)
+		return out, workerError(err, from)
 	}
 	out.Sessions, out.Events, out.Messages = copied.Sessions, copied.Events, copied.Messages
 	var switched []string
@@ -219,16 +245,40 @@ func (rl *Relocator) Move(ctx context.Context, clientID, to, from string) (Moved
 	if !record.alone {
 		sleep(ctx, settleTime)
 	}
-	if changed, err := rl.Workers.Changed(ctx, from, copied.Positions); err != nil || changed {
+	if kept := rl.stillChanged(ctx, from, realID, copied); kept != "" {
 		// Something reached the old copy after the last look at it (the
 		// worker directly, or a Caddy that does not follow the storage):
-		// keep it for an operator.
-		rl.Logger.Error("the old copy of a moved session changed after the copy, or could not be checked; it is kept on its worker", zap.String("session_id", clientID), zap.String("real_id", realID), zap.String("worker", from), zap.Bool("changed", changed), zap.Error(err))
-		return out, nil
+		// keep it for an operator, and say so.
+		rl.Logger.Error("the old copy of a moved session changed after the copy, or could not be checked; it is kept on its worker", zap.String("session_id", clientID), zap.String("real_id", realID), zap.String("worker", from), zap.String("why", kept))
+		out.OldCopyKept = kept
+	} else {
+		rl.deleteCopies(ctx, from, to, copied.Sessions, false)
 	}
-	rl.deleteCopies(ctx, from, to, copied.Sessions, false)
+	// The other Caddys let go of the session before its forks move.
+	rl.endRecord(record)
 	out.Forks, out.ForksFailed = rl.moveForks(ctx, copied.Sessions, from, to)
 	return out, nil
+}
+
+// stillChanged says why the old copy of moved sessions must be kept: it
+// changed after the copy, a child appeared, or that cannot be known; ""
+// when it can go.
+func (rl *Relocator) stillChanged(ctx context.Context, from, realID string, copied move.Copied) string {
+	changed, err := rl.Workers.Changed(ctx, from, copied.Positions)
+	switch {
+	case err != nil:
+		return "it could not be checked: " + err.Error()
+	case changed:
+		return "it changed after the copy"
+	}
+	tree, err := rl.Workers.Tree(ctx, from, realID)
+	switch {
+	case err != nil:
+		return "its sessions could not be listed: " + err.Error()
+	case !slices.Equal(tree, copied.Sessions):
+		return "it got a child after the copy"
+	}
+	return ""
 }
 
 // moveForks moves, after a session, the forks of it and its children that
@@ -328,7 +378,7 @@ func (rl *Relocator) hold(ctx context.Context, worker string, tree []string, rec
 	}
 	if err := rl.Workers.WaitIdle(ctx, worker, tree, 5*time.Second); err != nil {
 		release()
-		return nil, workerError(err)
+		return nil, workerError(err, worker)
 	}
 	return release, nil
 }
@@ -371,11 +421,12 @@ func (rl *Relocator) deleteCopies(ctx context.Context, worker, now string, ids [
 	}
 }
 
-// workerError gives a worker's refusal its own status in the admin API.
-func workerError(err error) error {
+// workerError gives a worker's refusal its own status in the admin API: a
+// 404 of the session's own worker is the session's; any other is a 502.
+func workerError(err error, source string) error {
 	var status move.StatusError
 	switch {
-	case errors.As(err, &status) && status.Status == http.StatusNotFound:
+	case errors.As(err, &status) && status.Status == http.StatusNotFound && status.Worker == source:
 		return Error{http.StatusNotFound, err.Error(), nil}
 	case errors.As(err, &status) && (status.Status == http.StatusUnauthorized || status.Status == http.StatusForbidden):
 		return Error{http.StatusBadGateway, err.Error() + ": the worker refuses the module's own requests; give it its credentials with upstream_authorization", nil}
@@ -429,19 +480,17 @@ func (rl *Relocator) switchWorker(ctx context.Context, realID, worker string, fe
 		return err
 	}
 	if !mapped {
-		if err := fence(ctx); err != nil {
-			return err
-		}
+		clientID = realID // a session under its own id (direct mode): its lock
+	}
+	unlock, err := rl.Index.Lock(ctx, clientID)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	if err := fence(ctx); err != nil {
+		return err
 	}
 	if mapped {
-		unlock, err := rl.Index.Lock(ctx, clientID)
-		if err != nil {
-			return err
-		}
-		defer unlock()
-		if err := fence(ctx); err != nil {
-			return err
-		}
 		m, err := rl.Index.Store.Load(ctx, clientID)
 		if err != nil {
 			return err // a delete came first
