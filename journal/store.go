@@ -1,0 +1,239 @@
+package journal
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"path"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/caddyserver/certmagic"
+
+	"github.com/sessionid/caddy-sessionid/idmap"
+)
+
+// Event is one sync event, as POST /sync/history gives it.
+type Event struct {
+	ID          string          `json:"id"`
+	AggregateID string          `json:"aggregate_id"`
+	Seq         int64           `json:"seq"`
+	Type        string          `json:"type"`
+	Data        json.RawMessage `json:"data"`
+}
+
+// Storage is the part of Caddy's storage a journal needs.
+type Storage interface {
+	Store(ctx context.Context, key string, value []byte) error
+	Load(ctx context.Context, key string) ([]byte, error)
+	Delete(ctx context.Context, key string) error
+	List(ctx context.Context, path string, recursive bool) ([]string, error)
+	Stat(ctx context.Context, key string) (certmagic.KeyInfo, error)
+}
+
+// Store is the journals of one namespace.
+type Store struct {
+	storage Storage
+	prefix  string
+	// Limit is the most bytes one session's journal may hold.
+	Limit int64
+}
+
+// NewStore returns the journals of a namespace, each up to limit bytes.
+func NewStore(storage Storage, namespace string, limit int64) *Store {
+	return &Store{storage: storage, prefix: path.Join(idmap.StorageRoot, namespace, "journal"), Limit: limit}
+}
+
+var (
+	// ErrFull: the journal passed its limit and holds nothing more.
+	ErrFull = errors.New("the session's journal passed its size limit")
+	// ErrGap: the events do not follow what the journal holds.
+	ErrGap = errors.New("the events do not follow the journal")
+)
+
+const fullMarker = "full"
+
+func (s *Store) dir(sessionID string) (string, error) {
+	if !idmap.IsToken(sessionID) {
+		return "", fmt.Errorf("journal of %q: not a session id", sessionID)
+	}
+	return path.Join(s.prefix, sessionID), nil
+}
+
+// chunk is one stored range of a journal.
+type chunk struct {
+	key         string
+	first, last int64
+}
+
+// chunks lists a journal's chunks in order, and whether it is full.
+func (s *Store) chunks(ctx context.Context, sessionID string) ([]chunk, bool, error) {
+	dir, err := s.dir(sessionID)
+	if err != nil {
+		return nil, false, err
+	}
+	keys, err := s.storage.List(ctx, dir, false)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, false, nil
+	}
+	if err != nil {
+		return nil, false, fmt.Errorf("list the journal of %s: %w", sessionID, err)
+	}
+	var out []chunk
+	full := false
+	for _, key := range keys {
+		name := path.Base(key)
+		if name == fullMarker {
+			full = true
+			continue
+		}
+		first, last, ok := strings.Cut(name, "-")
+		a, errA := strconv.ParseInt(first, 10, 64)
+		b, errB := strconv.ParseInt(last, 10, 64)
+		if !ok || errA != nil || errB != nil || a > b {
+			continue // not a chunk of this package's
+		}
+		out = append(out, chunk{key: key, first: a, last: b})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].first < out[j].first })
+	return out, full, nil
+}
+
+// Position returns the seq of the last event a session's journal holds;
+// ok is false when it holds none.
+func (s *Store) Position(ctx context.Context, sessionID string) (seq int64, ok bool, err error) {
+	chunks, full, err := s.chunks(ctx, sessionID)
+	switch {
+	case err != nil:
+		return 0, false, err
+	case full:
+		return 0, false, ErrFull
+	case len(chunks) == 0:
+		return 0, false, nil
+	}
+	return chunks[len(chunks)-1].last, true, nil
+}
+
+// Append adds events of one session that follow what its journal holds
+// (the first journaled must have seq 0). Events it holds already are
+// skipped. A journal that would pass Limit is marked full: ErrFull.
+func (s *Store) Append(ctx context.Context, sessionID string, events []Event) error {
+	chunks, full, err := s.chunks(ctx, sessionID)
+	if err != nil {
+		return err
+	}
+	if full {
+		return ErrFull
+	}
+	next, used := int64(0), int64(0)
+	if len(chunks) > 0 {
+		next = chunks[len(chunks)-1].last + 1
+	}
+	for _, c := range chunks {
+		info, err := s.storage.Stat(ctx, c.key)
+		if err != nil {
+			return fmt.Errorf("size of the journal of %s: %w", sessionID, err)
+		}
+		used += info.Size
+	}
+	var fresh []Event
+	for _, e := range events {
+		if e.AggregateID != sessionID {
+			return fmt.Errorf("an event of %s in the journal of %s", e.AggregateID, sessionID)
+		}
+		if e.Seq < next {
+			continue
+		}
+		if e.Seq != next {
+			return fmt.Errorf("%w: %s holds up to %d, the next event is %d", ErrGap, sessionID, next-1, e.Seq)
+		}
+		fresh = append(fresh, e)
+		next++
+	}
+	if len(fresh) == 0 {
+		return nil
+	}
+	raw, err := json.Marshal(fresh)
+	if err != nil {
+		return err
+	}
+	dir, _ := s.dir(sessionID)
+	if used+int64(len(raw)) > s.Limit {
+		if err := s.storage.Store(ctx, path.Join(dir, fullMarker), []byte{}); err != nil {
+			return err
+		}
+		return ErrFull
+	}
+	key := path.Join(dir, fmt.Sprintf("%d-%d", fresh[0].Seq, fresh[len(fresh)-1].Seq))
+	return s.storage.Store(ctx, key, raw)
+}
+
+// Load returns every event of a session's journal, in order: ErrFull for a
+// journal that passed its limit, ErrGap if a chunk is missing.
+func (s *Store) Load(ctx context.Context, sessionID string) ([]Event, error) {
+	chunks, full, err := s.chunks(ctx, sessionID)
+	if err != nil {
+		return nil, err
+	}
+	if full {
+		return nil, ErrFull
+	}
+	var events []Event
+	next := int64(0)
+	for _, c := range chunks {
+		if c.first != next {
+			return nil, fmt.Errorf("%w: %s lacks events %d to %d", ErrGap, sessionID, next, c.first-1)
+		}
+		raw, err := s.storage.Load(ctx, c.key)
+		if err != nil {
+			return nil, fmt.Errorf("load the journal of %s: %w", sessionID, err)
+		}
+		var part []Event
+		if err := json.Unmarshal(raw, &part); err != nil {
+			return nil, fmt.Errorf("decode the journal of %s: %w", sessionID, err)
+		}
+		events = append(events, part...)
+		next = c.last + 1
+	}
+	return events, nil
+}
+
+// Remove deletes a session's journal, chunk by chunk (not every storage
+// deletes a folder with what is in it).
+func (s *Store) Remove(ctx context.Context, sessionID string) error {
+	chunks, _, err := s.chunks(ctx, sessionID)
+	if err != nil {
+		return err
+	}
+	dir, _ := s.dir(sessionID)
+	keys := []string{path.Join(dir, fullMarker)}
+	for _, c := range chunks {
+		keys = append(keys, c.key)
+	}
+	for _, key := range append(keys, dir) {
+		if err := s.storage.Delete(ctx, key); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("delete the journal of %s: %w", sessionID, err)
+		}
+	}
+	return nil
+}
+
+// Size returns the bytes a session's journal holds.
+func (s *Store) Size(ctx context.Context, sessionID string) (int64, error) {
+	chunks, _, err := s.chunks(ctx, sessionID)
+	if err != nil {
+		return 0, err
+	}
+	var size int64
+	for _, c := range chunks {
+		info, err := s.storage.Stat(ctx, c.key)
+		if err != nil {
+			return 0, err
+		}
+		size += info.Size
+	}
+	return size, nil
+}

@@ -1,0 +1,89 @@
+package journal
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"testing"
+
+	"github.com/caddyserver/certmagic"
+)
+
+func events(session string, from, to int64) []Event {
+	var out []Event
+	for seq := from; seq <= to; seq++ {
+		out = append(out, Event{ID: fmt.Sprintf("evt_%d", seq), AggregateID: session, Seq: seq, Type: "message.updated.1", Data: json.RawMessage(`{"n":` + fmt.Sprint(seq) + `}`)})
+	}
+	return out
+}
+
+func TestAJournalHoldsAWholeHistoryPulledInParts(t *testing.T) {
+	ctx := context.Background()
+	s := NewStore(&certmagic.FileStorage{Path: t.TempDir()}, "test", 1<<20)
+	if _, ok, err := s.Position(ctx, "ses_a"); ok || err != nil {
+		t.Fatalf("an empty journal has a position: %v %v", ok, err)
+	}
+	if err := s.Append(ctx, "ses_a", events("ses_a", 1, 3)); !errors.Is(err, ErrGap) {
+		t.Fatalf("a journal that starts after seq 0: %v", err)
+	}
+	for _, part := range [][2]int64{{0, 5}, {6, 11}, {3, 15}} { // the last overlaps what is held
+		if err := s.Append(ctx, "ses_a", events("ses_a", part[0], part[1])); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.Append(ctx, "ses_a", events("ses_a", 0, 15)); err != nil {
+		t.Fatalf("appending what is held again: %v", err)
+	}
+	if err := s.Append(ctx, "ses_a", events("ses_a", 18, 20)); !errors.Is(err, ErrGap) {
+		t.Fatalf("a gap was accepted: %v", err)
+	}
+	if seq, ok, err := s.Position(ctx, "ses_a"); seq != 15 || !ok || err != nil {
+		t.Fatalf("position %d %v %v, want 15", seq, ok, err)
+	}
+	got, err := s.Load(ctx, "ses_a")
+	if err != nil || len(got) != 16 {
+		t.Fatalf("loaded %d events (%v), want 16", len(got), err)
+	}
+	for i, e := range got {
+		if e.Seq != int64(i) || string(e.Data) != fmt.Sprintf(`{"n":%d}`, i) {
+			t.Fatalf("event %d is %+v", i, e)
+		}
+	}
+	if err := s.Append(ctx, "ses_a", events("ses_b", 16, 16)); err == nil {
+		t.Fatal("another session's event went into the journal")
+	}
+	if err := s.Remove(ctx, "ses_a"); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok, _ := s.Position(ctx, "ses_a"); ok {
+		t.Fatal("a removed journal has a position")
+	}
+}
+
+func TestAJournalPastItsLimitIsFullNotHalf(t *testing.T) {
+	ctx := context.Background()
+	s := NewStore(&certmagic.FileStorage{Path: t.TempDir()}, "test", 1000)
+	if err := s.Append(ctx, "ses_a", events("ses_a", 0, 5)); err != nil {
+		t.Fatal(err)
+	}
+	size, _ := s.Size(ctx, "ses_a")
+	if size == 0 || size > 1000 {
+		t.Fatalf("size %d", size)
+	}
+	if err := s.Append(ctx, "ses_a", events("ses_a", 6, 40)); !errors.Is(err, ErrFull) {
+		t.Fatalf("past the limit: %v", err)
+	}
+	if _, err := s.Load(ctx, "ses_a"); !errors.Is(err, ErrFull) {
+		t.Fatalf("a full journal loaded: %v", err)
+	}
+	if err := s.Append(ctx, "ses_a", events("ses_a", 6, 6)); !errors.Is(err, ErrFull) {
+		t.Fatalf("a full journal took more: %v", err)
+	}
+	if err := s.Remove(ctx, "ses_a"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Append(ctx, "ses_a", events("ses_a", 0, 2)); err != nil {
+		t.Fatalf("a removed journal starts again: %v", err)
+	}
+}
