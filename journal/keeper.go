@@ -1,0 +1,272 @@
+package journal
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"regexp"
+	"sort"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/sessionid/caddy-sessionid/move"
+)
+
+// Keeper keeps the journals of the sessions on a set of workers at most
+// one completed turn behind: it follows each worker's event stream, pulls
+// the new sync events (POST /sync/history) when a session goes idle or a
+// message completes, and at least every Interval, and appends them to the
+// sessions' journals. A session deleted on its worker (not moved off it)
+// loses its journal.
+type Keeper struct {
+	Store   *Store
+	Workers move.Workers
+	// Interval bounds the time between two pulls of a worker.
+	Interval time.Duration
+	// Moved reports whether the deletion of a session on a worker is a
+	// move's (relocation deletes the old copy): its journal stays.
+	Moved  func(ctx context.Context, realID string) bool
+	Logger *zap.Logger
+
+	mu      sync.Mutex
+	workers map[string]*kept
+	closed  bool
+}
+
+// kept is what the keeper knows of one worker.
+type kept struct {
+	cancel context.CancelFunc
+	done   chan struct{}
+	kick   chan struct{}
+
+	mu sync.Mutex // positions; one pull at a time
+	// positions are the sessions seen on the worker and the seq of the
+	// last event their journal holds (everything: not journaled any more).
+	positions map[string]int64
+}
+
+// everything stands for "every event" in a history request: an aggregate
+// listed at it gets none.
+const everything = 1 << 52
+
+// Follow makes the keeper follow exactly these workers (dial addresses):
+// new ones are followed, the others no longer.
+func (k *Keeper) Follow(workers []string) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.closed {
+		return
+	}
+	if k.workers == nil {
+		k.workers = map[string]*kept{}
+	}
+	wanted := map[string]bool{}
+	for _, w := range workers {
+		wanted[w] = true
+		if k.workers[w] != nil {
+			continue
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		kw := &kept{cancel: cancel, done: make(chan struct{}), kick: make(chan struct{}, 1), positions: map[string]int64{}}
+		k.workers[w] = kw
+		go k.run(ctx, w, kw)
+	}
+	for w, kw := range k.workers {
+		if !wanted[w] {
+			kw.cancel()
+			delete(k.workers, w)
+		}
+	}
+}
+
+// Close stops following every worker and waits for the pulls under way.
+func (k *Keeper) Close() {
+	k.mu.Lock()
+	k.closed = true
+	workers := k.workers
+	k.workers = nil
+	k.mu.Unlock()
+	for _, kw := range workers {
+		kw.cancel()
+		<-kw.done
+	}
+}
+
+// Pull brings the journals of one followed worker's sessions up to date
+// now.
+func (k *Keeper) Pull(ctx context.Context, worker string) error {
+	k.mu.Lock()
+	kw := k.workers[worker]
+	k.mu.Unlock()
+	if kw == nil {
+		return fmt.Errorf("%s is not followed", worker)
+	}
+	return k.pull(ctx, worker, kw)
+}
+
+func (k *Keeper) run(ctx context.Context, worker string, kw *kept) {
+	defer close(kw.done)
+	go k.listen(ctx, worker, kw)
+	interval := k.Interval
+	if interval <= 0 {
+		interval = 30 * time.Second
+	}
+	ticker := time.NewTicker(interval)
+	defer ticker.Stop()
+	for {
+		if err := k.pull(ctx, worker, kw); err != nil && ctx.Err() == nil {
+			k.Logger.Debug("could not pull the sessions' histories of a worker", zap.String("worker", worker), zap.Error(err))
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-ticker.C:
+		case <-kw.kick:
+			// A turn ended: what else ends with it comes in a few ms.
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(50 * time.Millisecond):
+			}
+		}
+	}
+}
+
+// pull asks the worker for every event after the journals' positions (and
+// the whole history of sessions not seen before) and appends them.
+func (k *Keeper) pull(ctx context.Context, worker string, kw *kept) error {
+	kw.mu.Lock()
+	defer kw.mu.Unlock()
+	body, _ := json.Marshal(kw.positions)
+	status, raw, err := k.Workers.Do(ctx, worker, http.MethodPost, "/sync/history", nil, body)
+	if err != nil {
+		return err
+	}
+	if status != http.StatusOK {
+		return fmt.Errorf("POST /sync/history on %s answered %d", worker, status)
+	}
+	var events []Event
+	if err := json.Unmarshal(raw, &events); err != nil {
+		return fmt.Errorf("POST /sync/history on %s is not a JSON array", worker)
+	}
+	bySession := map[string][]Event{}
+	for _, e := range events {
+		bySession[e.AggregateID] = append(bySession[e.AggregateID], e)
+	}
+	for id, evs := range bySession {
+		sort.Slice(evs, func(i, j int) bool { return evs[i].Seq < evs[j].Seq })
+		switch err := k.Store.Append(ctx, id, evs); {
+		case err == nil:
+			kw.positions[id] = evs[len(evs)-1].Seq
+		case errors.Is(err, ErrFull):
+			if kw.positions[id] != everything {
+				k.Logger.Warn("a session's journal passed its limit: it cannot be re-homed", zap.String("real_id", id), zap.String("worker", worker), zap.Int64("limit", k.Store.Limit))
+			}
+			kw.positions[id] = everything
+		case errors.Is(err, ErrGap):
+			// The journal does not hold what this keeper thought (removed
+			// meanwhile): start it again from the whole history.
+			k.Logger.Info("a session's journal is started again", zap.String("real_id", id), zap.Error(err))
+			_ = k.Store.Remove(ctx, id)
+			delete(kw.positions, id)
+		default:
+			return err
+		}
+	}
+	return nil
+}
+
+// deleted finds the session of a session.deleted event, in either shape
+// (/global/event wraps events in a payload; the type comes first).
+var deleted = regexp.MustCompile(`"type":"session\.deleted".*?"sessionID":"(ses_[A-Za-z0-9_-]+)"`)
+
+// listen follows the worker's event stream (/global/event, or /event where
+// there is none) and kicks a pull when a turn ends; a session deleted there
+// loses its journal. It reconnects until ctx is done.
+func (k *Keeper) listen(ctx context.Context, worker string, kw *kept) {
+	paths := []string{"/global/event", "/event"}
+	for i := 0; ctx.Err() == nil; {
+		err := k.stream(ctx, worker, paths[i], func(data []byte) {
+			switch {
+			case bytes.Contains(data, []byte(`"type":"session.idle"`)),
+				bytes.Contains(data, []byte(`"type":"message.updated"`)) && bytes.Contains(data, []byte(`"completed":`)):
+				select {
+				case kw.kick <- struct{}{}:
+				default:
+				}
+			case bytes.Contains(data, []byte(`"type":"session.deleted"`)):
+				if m := deleted.FindSubmatch(data); m != nil {
+					k.forget(ctx, kw, string(m[1]))
+				}
+			}
+		})
+		var status statusError
+		if errors.As(err, &status) && status == http.StatusNotFound && i+1 < len(paths) {
+			i++
+			continue
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+// forget removes the journal of a session deleted on its worker, unless
+// the deletion is a move's.
+func (k *Keeper) forget(ctx context.Context, kw *kept, realID string) {
+	if k.Moved != nil && k.Moved(ctx, realID) {
+		return
+	}
+	kw.mu.Lock()
+	delete(kw.positions, realID)
+	kw.mu.Unlock()
+	if err := k.Store.Remove(ctx, realID); err != nil {
+		k.Logger.Warn("could not remove the journal of a deleted session", zap.String("real_id", realID), zap.Error(err))
+	}
+}
+
+type statusError int
+
+func (e statusError) Error() string { return fmt.Sprintf("status %d", int(e)) }
+
+// stream reads one event stream of a worker until it ends, passing each
+// event's data to each.
+func (k *Keeper) stream(ctx context.Context, worker, path string, each func([]byte)) error {
+	scheme := k.Workers.Scheme
+	if scheme == "" {
+		scheme = "http"
+	}
+	u := url.URL{Scheme: scheme, Host: worker, Path: path}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Accept", "text/event-stream")
+	if k.Workers.Authorization != "" {
+		req.Header.Set("Authorization", k.Workers.Authorization)
+	}
+	resp, err := http.DefaultClient.Do(req) // no timeout: a stream lasts
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return statusError(resp.StatusCode)
+	}
+	scanner := bufio.NewScanner(resp.Body)
+	scanner.Buffer(make([]byte, 64<<10), 16<<20)
+	for scanner.Scan() {
+		if data, ok := bytes.CutPrefix(scanner.Bytes(), []byte("data:")); ok {
+			each(bytes.TrimSpace(data))
+		}
+	}
+	return scanner.Err()
+}
