@@ -12,6 +12,7 @@ import (
 	"github.com/sessionid/caddy-sessionid/access"
 	"github.com/sessionid/caddy-sessionid/events"
 	"github.com/sessionid/caddy-sessionid/idempotency"
+	"github.com/sessionid/caddy-sessionid/journal"
 )
 
 func init() {
@@ -49,6 +50,10 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //			wait    <duration>
 //			confirm <duration>
 //		}
+//		journal         [on|off] [{
+//			limit    <size>
+//			interval <duration>
+//		}]
 //		events          off | {
 //			retain_events <count>
 //			retain_bytes  <size>
@@ -92,6 +97,15 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				h.Auth = new(access.Config)
 			}
 			if err := h.Auth.UnmarshalCaddyfile(d); err != nil {
+				return err
+			}
+			continue
+		}
+		if option == "journal" {
+			if h.Journal == nil {
+				h.Journal = new(journal.Config)
+			}
+			if err := h.Journal.UnmarshalCaddyfile(d); err != nil {
 				return err
 			}
 			continue

@@ -35,6 +35,7 @@ import (
 	"github.com/sessionid/caddy-sessionid/internal/moving"
 	"github.com/sessionid/caddy-sessionid/internal/shared"
 	"github.com/sessionid/caddy-sessionid/internal/upstream"
+	"github.com/sessionid/caddy-sessionid/journal"
 	"github.com/sessionid/caddy-sessionid/move"
 	"github.com/sessionid/caddy-sessionid/relocation"
 )
@@ -158,6 +159,13 @@ type Handler struct {
 	// events.Config and docs/events.md). On by default.
 	Events *events.Config `json:"events,omitempty"`
 
+	// Journal keeps each session's sync history in Caddy's storage, at
+	// most one completed turn behind, so that a session can be made again
+	// on another worker when its own is lost (see journal.Config and
+	// docs/fleet.md). It follows the workers lb_policy session_ids
+	// balances. Off by default.
+	Journal *journal.Config `json:"journal,omitempty"`
+
 	duplicates    idmap.DuplicatePolicy
 	index         *idmap.Index
 	indexKey      string // in shared.Pool
@@ -171,6 +179,8 @@ type Handler struct {
 	gate          *access.Gate
 	relocator     *relocation.Relocator
 	moves         *moving.Namespace // the namespace's moves and drains
+	storage       certmagic.Storage // Caddy's, for the journal
+	journal       *journalKeeping
 	logger        *zap.Logger
 }
 
@@ -210,6 +220,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 // provision is Provision with what it takes of Caddy's context.
 func (h *Handler) provision(storage certmagic.Storage, registry *prometheus.Registry, logger *zap.Logger) error {
 	h.logger = logger
+	h.storage = storage
 	h.setDefaults() // before the index: its settings are part of its key
 	if err := registerAllMetrics(registry); err != nil {
 		return err
@@ -318,8 +329,10 @@ func (h *Handler) setup(index *idmap.Index, storageKey string) error {
 	if h.streams, err = events.New(h.Events, h.Namespace, h.ids, h.fleet, h.logger); err != nil {
 		return err
 	}
-	h.prompts, err = idempotency.New(h.Idempotency, h.Namespace, index, h.ids, h.MaxBodySize, storageKey, h.logger)
-	return err
+	if h.prompts, err = idempotency.New(h.Idempotency, h.Namespace, index, h.ids, h.MaxBodySize, storageKey, h.logger); err != nil {
+		return err
+	}
+	return h.startJournal()
 }
 
 // storageIdentity names a storage so that configs using the same storage share
@@ -360,6 +373,7 @@ func (h *Handler) Cleanup() error {
 	if h.relocator != nil {
 		relocation.Unregister(h.relocator)
 	}
+	h.stopJournal()
 	if h.indexKey == "" {
 		return nil
 	}

@@ -23,16 +23,18 @@ import (
 // one completed turn behind: it follows each worker's event stream, pulls
 // the new sync events (POST /sync/history) when a session goes idle or a
 // message completes, and at least every Interval, and appends them to the
-// sessions' journals. A session deleted on its worker (not moved off it)
-// loses its journal.
+// sessions' journals. A session deleted on the worker that holds it (not
+// moved off it) loses its journal.
 type Keeper struct {
 	Store   *Store
 	Workers move.Workers
 	// Interval bounds the time between two pulls of a worker.
 	Interval time.Duration
-	// Moved reports whether the deletion of a session on a worker is a
-	// move's (relocation deletes the old copy): its journal stays.
-	Moved  func(ctx context.Context, realID string) bool
+	// Own reports whether the deletion of a session on a worker is the
+	// session's own: not a move's (relocation deletes the old copy), nor
+	// that of a copy on a worker that does not hold the session. Only
+	// then does its journal go. Nil: every deletion is.
+	Own    func(ctx context.Context, realID, worker string) bool
 	Logger *zap.Logger
 
 	mu      sync.Mutex
@@ -203,7 +205,7 @@ func (k *Keeper) listen(ctx context.Context, worker string, kw *kept) {
 				}
 			case bytes.Contains(data, []byte(`"type":"session.deleted"`)):
 				if m := deleted.FindSubmatch(data); m != nil {
-					k.forget(ctx, kw, string(m[1]))
+					k.forget(ctx, worker, kw, string(m[1]))
 				}
 			}
 		})
@@ -220,9 +222,9 @@ func (k *Keeper) listen(ctx context.Context, worker string, kw *kept) {
 }
 
 // forget removes the journal of a session deleted on its worker, unless
-// the deletion is a move's.
-func (k *Keeper) forget(ctx context.Context, kw *kept, realID string) {
-	if k.Moved != nil && k.Moved(ctx, realID) {
+// the deletion is not the session's own (see Own).
+func (k *Keeper) forget(ctx context.Context, worker string, kw *kept, realID string) {
+	if k.Own != nil && !k.Own(ctx, realID, worker) {
 		return
 	}
 	kw.mu.Lock()

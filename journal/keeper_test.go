@@ -55,7 +55,7 @@ func TestTheKeeperJournalsEveryTurnAndForgetsDeletedSessions(t *testing.T) {
 	store := NewStore(&certmagic.FileStorage{Path: t.TempDir()}, "test", 1<<20)
 	moved := map[string]bool{"ses_moved": true}
 	k := &Keeper{Store: store, Workers: move.Workers{}, Interval: time.Hour, Logger: zap.NewNop(),
-		Moved: func(_ context.Context, id string) bool { return moved[id] }}
+		Own: func(_ context.Context, id, _ string) bool { return !moved[id] }}
 	defer k.Close()
 	k.Follow([]string{worker})
 	// The journal holds every event up to the worker's last: the native

@@ -1,0 +1,86 @@
+package caddymodule
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/sessionid/caddy-sessionid/journal"
+)
+
+// journalKeeping is the journal of a handler's config: the keeper and the
+// loop that tells it which workers the fleet has.
+type journalKeeping struct {
+	keeper *journal.Keeper
+	stop   context.CancelFunc
+	done   chan struct{}
+}
+
+// fleetWatch is how often the journal looks at which workers the fleet has.
+const fleetWatch = time.Second
+
+// startJournal starts keeping the journal, if it is on.
+func (h *Handler) startJournal() error {
+	if !h.Journal.On() {
+		return nil
+	}
+	if h.storage == nil {
+		return errors.New("journal: no storage to keep it in")
+	}
+	h.Journal.SetDefaults()
+	k := &journal.Keeper{
+		Store:    journal.NewStore(h.storage, h.Namespace, h.Journal.Limit),
+		Workers:  h.relocator.Workers,
+		Interval: time.Duration(h.Journal.Interval),
+		Logger:   h.logger.Named("journal"),
+		Own:      h.ownDeletion,
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	h.journal = &journalKeeping{keeper: k, stop: cancel, done: make(chan struct{})}
+	go func() {
+		defer close(h.journal.done)
+		ticker := time.NewTicker(fleetWatch)
+		defer ticker.Stop()
+		for {
+			var dials []string
+			for _, u := range h.fleet.Workers() {
+				dials = append(dials, u.Dial)
+			}
+			k.Follow(dials)
+			select {
+			case <-ctx.Done():
+				return
+			case <-ticker.C:
+			}
+		}
+	}()
+	return nil
+}
+
+// stopJournal stops keeping the journal of this config.
+func (h *Handler) stopJournal() {
+	if h.journal == nil {
+		return
+	}
+	h.journal.stop()
+	<-h.journal.done
+	h.journal.keeper.Close()
+}
+
+// ownDeletion reports whether a session's deletion on a worker is the
+// session's own: not a move's old copy, and on the worker the index
+// records for it (or none is recorded: a delete through the proxy removes
+// the mapping first).
+func (h *Handler) ownDeletion(ctx context.Context, realID, worker string) bool {
+	if moved, err := h.index.Store.LoadMoved(ctx, realID); err == nil && time.Since(moved.At) < movedWindow {
+		return false
+	}
+	recorded := ""
+	if clientID, mapped, err := h.index.ClientOf(ctx, realID); err == nil && mapped {
+		_, recorded, _, _ = h.index.Route(ctx, clientID)
+	}
+	if recorded == "" {
+		recorded, _, _ = h.index.WorkerOf(ctx, realID)
+	}
+	return recorded == "" || recorded == worker
+}
