@@ -5,6 +5,8 @@ import (
 	"errors"
 	"time"
 
+	"go.uber.org/zap"
+
 	"github.com/sessionid/caddy-sessionid/journal"
 )
 
@@ -35,18 +37,41 @@ func (h *Handler) startJournal() error {
 		Logger:   h.logger.Named("journal"),
 		Own:      h.ownDeletion,
 	}
+	h.relocator.Journal = k.Store
 	ctx, cancel := context.WithCancel(context.Background())
 	h.journal = &journalKeeping{keeper: k, stop: cancel, done: make(chan struct{})}
 	go func() {
 		defer close(h.journal.done)
 		ticker := time.NewTicker(fleetWatch)
 		defer ticker.Stop()
-		for {
+		down := map[string]time.Time{} // workers failing their health checks, since
+		rehomed := map[string]bool{}   // re-homed while down
+		for tick := 0; ; tick++ {
 			var dials []string
 			for _, u := range h.fleet.Workers() {
 				dials = append(dials, u.Dial)
+				if u.Healthy() {
+					delete(down, u.Dial)
+					delete(rehomed, u.Dial)
+					continue
+				}
+				if down[u.Dial].IsZero() {
+					down[u.Dial] = time.Now()
+				}
+				if after := time.Duration(h.Journal.RehomeAfter); after > 0 && !rehomed[u.Dial] && time.Since(down[u.Dial]) >= after {
+					rehomed[u.Dial] = true
+					h.logger.Warn("a worker failed its health checks for rehome_after: re-homing its sessions from their journals", zap.String("worker", u.Dial), zap.Duration("rehome_after", after))
+					go func(worker string) {
+						if _, err := h.relocator.Rehome(ctx, worker); err != nil {
+							h.logger.Error("could not re-home a lost worker's sessions", zap.String("worker", worker), zap.Error(err))
+						}
+					}(u.Dial)
+				}
 			}
 			k.Follow(dials)
+			if tick%5 == 0 {
+				h.relocator.SweepRehomed(ctx)
+			}
 			select {
 			case <-ctx.Done():
 				return

@@ -247,3 +247,49 @@ func isInstance(name string) bool {
 	}
 	return true
 }
+
+// A session re-homed off a lost worker (rehomed/<real id>, a Moved): if that
+// worker comes back with its copy, the copy is stale and is deleted.
+
+// SaveRehomed records a re-home.
+func (s *Store) SaveRehomed(ctx context.Context, m Moved) error {
+	if !storable(m.RealID) {
+		return fmt.Errorf("re-home of %q: %w", m.RealID, errUnstorable)
+	}
+	raw, err := json.Marshal(m)
+	if err != nil {
+		return err
+	}
+	return s.put(ctx, s.key("rehomed", m.RealID), raw)
+}
+
+// Rehomed lists the re-homes whose stale copies may still be out there.
+func (s *Store) Rehomed(ctx context.Context) ([]Moved, error) {
+	var keys []string
+	err := s.timed("list", func() (err error) {
+		keys, err = s.storage.List(ctx, s.prefix+"/rehomed", false)
+		return err
+	})
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var out []Moved
+	for _, key := range keys {
+		var m Moved
+		if s.loadJSON(ctx, key, &m) == nil {
+			out = append(out, m)
+		}
+	}
+	return out, nil
+}
+
+// RemoveRehomed forgets a re-home once its stale copy is gone.
+func (s *Store) RemoveRehomed(ctx context.Context, realID string) error {
+	if !storable(realID) {
+		return nil
+	}
+	return s.delete(ctx, s.key("rehomed", realID))
+}

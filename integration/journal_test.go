@@ -23,6 +23,9 @@ func journalOf(t *testing.T, c *caddy, namespace, realID string) (events []map[s
 		if e.Name() == "full" {
 			t.Fatalf("the journal of %s is full", realID)
 		}
+		if !strings.Contains(e.Name(), "-") {
+			continue // not a chunk: where the session is
+		}
 		raw, err := os.ReadFile(filepath.Join(dir, e.Name()))
 		if err != nil {
 			t.Fatal(err)
@@ -120,5 +123,89 @@ func TestTheJournal(t *testing.T) {
 			t.Fatal("the journal of a deleted session stayed")
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// TestALostWorkersSessionsAreRehomed: with `journal on` and rehome_after, a
+// worker killed with -9 has its sessions made again on the other worker
+// from their journals, with every completed turn; clients go on with the
+// same id; and when the old worker comes back with its copy, the copy is
+// deleted and never routed to.
+func TestALostWorkersSessionsAreRehomed(t *testing.T) {
+	f := startFleet(t, 2, "PLACEMENT=first", "JOURNAL=on", "REHOME_AFTER=2s")
+	sid := "ses_rehome_" + strings.ReplaceAll(time.Now().Format("150405.000000"), ".", "")
+	child := sid + "_child"
+	if r := call(t, "POST", f.front.URL+"/session", map[string]any{"id": sid, "title": "lost"}, ""); r.Status != 200 {
+		t.Fatalf("create: %d %s", r.Status, r.Body)
+	}
+	if r := call(t, "POST", f.front.URL+"/session", map[string]any{"id": child, "parentID": sid}, ""); r.Status != 200 {
+		t.Fatalf("child: %d %s", r.Status, r.Body)
+	}
+	prompt := func(text string) {
+		t.Helper()
+		if r := call(t, "POST", f.front.URL+"/session/"+sid+"/message", map[string]any{"parts": []any{map[string]any{"type": "text", "text": text}}}, ""); r.Status != 200 {
+			t.Fatalf("prompt %q: %d %.300s", text, r.Status, r.Body)
+		}
+	}
+	prompt("first words")
+	prompt("second words")
+	real := realIDOn(t, f.workers[0], sid)
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		events, _ := journalOf(t, f.front, "default", real)
+		if len(events) > 0 && events[len(events)-1]["seq"].(float64) == lastSeq(t, f.workers[0], real) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the journal did not catch up with the two turns")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+
+	f.workers[0].kill()
+	lost := time.Now()
+	var messages response
+	for deadline := time.Now().Add(60 * time.Second); ; {
+		messages = call(t, "GET", f.front.URL+"/session/"+sid+"/message", nil, "")
+		if messages.Status == 200 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the session of the lost worker is still unavailable: %d %s", messages.Status, messages.Body)
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+	t.Logf("the session answered again %v after its worker was killed", time.Since(lost).Round(100*time.Millisecond))
+	if strings.Count(string(messages.Body), `"role":"user"`) != 2 || !strings.Contains(string(messages.Body), `"sessionID":"`+sid+`"`) {
+		t.Fatalf("the re-homed session lacks its turns: %.400s", messages.Body)
+	}
+	var children []session
+	call(t, "GET", f.front.URL+"/session/"+sid+"/children", nil, "").json(t, &children)
+	if len(children) != 1 || children[0].ID != child {
+		t.Fatalf("the re-homed session's children: %+v", children)
+	}
+	prompt("third words")
+	if body, _ := f.model.lastAgentBody.Load().(string); !strings.Contains(body, "first words") || !strings.Contains(body, "third words") {
+		t.Fatalf("the model call after the re-home lacks the history: %.600s", body)
+	}
+
+	// The old worker comes back with its data: its copy is stale, and goes.
+	f.workers[0].start()
+	f.workers[0].waitHealthy(t)
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		if _, n := f.holder(t, sid); n == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the stale copy on the worker that came back was not deleted")
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+	if w, _ := f.holder(t, sid); w != 1 {
+		t.Fatalf("the session is on worker %d after the old worker came back", w)
+	}
+	prompt("fourth words")
+	if w, n := f.holder(t, sid); w != 1 || n != 1 {
+		t.Fatalf("a prompt after the old worker came back went to worker %d (held by %d)", w, n)
 	}
 }

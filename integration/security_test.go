@@ -80,6 +80,10 @@ func (q rawRequest) send(t *testing.T, base string) response {
 	if len(q.body) > 0 && req.Header.Get("Content-Type") == "" {
 		req.Header.Set("Content-Type", "application/json")
 	}
+	// A probe with Upgrade headers gets a connection of its own: opencode
+	// may close the one it answered on, and a pooled connection reused
+	// after that answers EOF (seen once in CI).
+	req.Close = req.Header.Get("Upgrade") != ""
 	client := &http.Client{Timeout: 60 * time.Second}
 	resp, err := client.Do(req)
 	if err != nil {

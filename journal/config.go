@@ -24,6 +24,12 @@ type Config struct {
 	// Interval bounds the time between two pulls of a worker's new events,
 	// besides the pull after each turn. Default: 30s.
 	Interval caddy.Duration `json:"interval,omitempty"`
+
+	// RehomeAfter, if set, is how long a worker must have failed its health
+	// checks before its sessions are made again on the healthy workers from
+	// their journals (each with every completed turn). Default: 0, never on
+	// its own (POST /session_ids/rehome does it on demand).
+	RehomeAfter caddy.Duration `json:"rehome_after,omitempty"`
 }
 
 // Defaults of the journal option.
@@ -49,8 +55,9 @@ func (c *Config) SetDefaults() {
 // the option's name:
 //
 //	journal [on|off] [{
-//		limit    <size>       # the most one session's journal holds (64MiB)
-//		interval <duration>   # the longest between two pulls of a worker (30s)
+//		limit        <size>       # the most one session's journal holds (64MiB)
+//		interval     <duration>   # the longest between two pulls of a worker (30s)
+//		rehome_after <duration>   # re-home a worker down this long (0: only on demand)
 //	}]
 func (c *Config) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if d.NextArg() {
@@ -88,8 +95,14 @@ func (c *Config) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("bad journal interval %q: want a positive duration", value)
 			}
 			c.Interval = caddy.Duration(interval)
+		case "rehome_after":
+			after, err := caddy.ParseDuration(value)
+			if err != nil || after < 0 {
+				return d.Errf("bad journal rehome_after %q: want a duration (0: off)", value)
+			}
+			c.RehomeAfter = caddy.Duration(after)
 		default:
-			return d.Errf("unknown journal option %q: want limit or interval", option)
+			return d.Errf("unknown journal option %q: want limit, interval or rehome_after", option)
 		}
 	}
 	return nil

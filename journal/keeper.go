@@ -52,6 +52,7 @@ type kept struct {
 	// positions are the sessions seen on the worker and the seq of the
 	// last event their journal holds (everything: not journaled any more).
 	positions map[string]int64
+	home      string // the worker's working directory (GET /path)
 }
 
 // everything stands for "every event" in a history request: an aggregate
@@ -146,6 +147,16 @@ func (k *Keeper) run(ctx context.Context, worker string, kw *kept) {
 func (k *Keeper) pull(ctx context.Context, worker string, kw *kept) error {
 	kw.mu.Lock()
 	defer kw.mu.Unlock()
+	if kw.home == "" {
+		status, raw, err := k.Workers.Do(ctx, worker, http.MethodGet, "/path", nil, nil)
+		var path struct {
+			Directory string `json:"directory"`
+		}
+		if err != nil || status != http.StatusOK || json.Unmarshal(raw, &path) != nil || path.Directory == "" {
+			return fmt.Errorf("GET /path on %s: %d %v", worker, status, err)
+		}
+		kw.home = path.Directory
+	}
 	body, _ := json.Marshal(kw.positions)
 	status, raw, err := k.Workers.Do(ctx, worker, http.MethodPost, "/sync/history", nil, body)
 	if err != nil {
@@ -164,9 +175,16 @@ func (k *Keeper) pull(ctx context.Context, worker string, kw *kept) error {
 	}
 	for id, evs := range bySession {
 		sort.Slice(evs, func(i, j int) bool { return evs[i].Seq < evs[j].Seq })
+		_, known := kw.positions[id]
 		switch err := k.Store.Append(ctx, id, evs); {
 		case err == nil:
 			kw.positions[id] = evs[len(evs)-1].Seq
+			if !known {
+				// Seen here for the first time: where it is, for a re-home.
+				if err := k.Store.SetHome(ctx, id, Home{Worker: worker, Directory: kw.home}); err != nil {
+					return err
+				}
+			}
 		case errors.Is(err, ErrFull):
 			if kw.positions[id] != everything {
 				k.Logger.Warn("a session's journal passed its limit: it cannot be re-homed", zap.String("real_id", id), zap.String("worker", worker), zap.Int64("limit", k.Store.Limit))

@@ -14,16 +14,11 @@ import (
 	"github.com/caddyserver/certmagic"
 
 	"github.com/sessionid/caddy-sessionid/idmap"
+	"github.com/sessionid/caddy-sessionid/move"
 )
 
 // Event is one sync event, as POST /sync/history gives it.
-type Event struct {
-	ID          string          `json:"id"`
-	AggregateID string          `json:"aggregate_id"`
-	Seq         int64           `json:"seq"`
-	Type        string          `json:"type"`
-	Data        json.RawMessage `json:"data"`
-}
+type Event = move.Event
 
 // Storage is the part of Caddy's storage a journal needs.
 type Storage interface {
@@ -201,6 +196,57 @@ func (s *Store) Load(ctx context.Context, sessionID string) ([]Event, error) {
 	return events, nil
 }
 
+const homeName = "home"
+
+// Home is where a journal's session was last seen: the worker, and that
+// worker's working directory (GET /path), which a re-home rewrites.
+type Home struct {
+	Worker    string `json:"worker"`
+	Directory string `json:"directory"`
+}
+
+// SetHome records where a session is.
+func (s *Store) SetHome(ctx context.Context, sessionID string, h Home) error {
+	dir, err := s.dir(sessionID)
+	if err != nil {
+		return err
+	}
+	raw, _ := json.Marshal(h)
+	return s.storage.Store(ctx, path.Join(dir, homeName), raw)
+}
+
+// HomeOf returns where a session was last seen.
+func (s *Store) HomeOf(ctx context.Context, sessionID string) (Home, error) {
+	var h Home
+	dir, err := s.dir(sessionID)
+	if err != nil {
+		return h, err
+	}
+	raw, err := s.storage.Load(ctx, path.Join(dir, homeName))
+	if err != nil {
+		return h, err
+	}
+	return h, json.Unmarshal(raw, &h)
+}
+
+// Sessions lists the sessions that have a journal.
+func (s *Store) Sessions(ctx context.Context) ([]string, error) {
+	keys, err := s.storage.List(ctx, s.prefix, false)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var ids []string
+	for _, key := range keys {
+		if id := path.Base(key); idmap.IsToken(id) {
+			ids = append(ids, id)
+		}
+	}
+	return ids, nil
+}
+
 // Remove deletes a session's journal, chunk by chunk (not every storage
 // deletes a folder with what is in it).
 func (s *Store) Remove(ctx context.Context, sessionID string) error {
@@ -209,7 +255,7 @@ func (s *Store) Remove(ctx context.Context, sessionID string) error {
 		return err
 	}
 	dir, _ := s.dir(sessionID)
-	keys := []string{path.Join(dir, fullMarker)}
+	keys := []string{path.Join(dir, fullMarker), path.Join(dir, homeName)}
 	for _, c := range chunks {
 		keys = append(keys, c.key)
 	}

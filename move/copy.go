@@ -65,6 +65,48 @@ type replayEvent struct {
 	Data        json.RawMessage `json:"data"`
 }
 
+// Event is one sync event of a session's history, as POST /sync/history
+// gives it.
+type Event struct {
+	ID          string          `json:"id"`
+	AggregateID string          `json:"aggregate_id"`
+	Seq         int64           `json:"seq"`
+	Type        string          `json:"type"`
+	Data        json.RawMessage `json:"data"`
+}
+
+// Restore replays a session's history kept elsewhere (a journal) onto
+// worker to, the way a move replays a copy: a session that was in fromHome,
+// the working directory of the worker it was on, goes into to's working
+// directory and project. It returns how many messages to then holds.
+func (ws Workers) Restore(ctx context.Context, to, fromHome string, events []Event) (int, error) {
+	if len(events) == 0 {
+		return 0, errors.New("no history to restore")
+	}
+	if err := ws.CanMove(ctx, to); err != nil {
+		return 0, err
+	}
+	home, err := ws.relocate(ctx, to, to)
+	if err != nil {
+		return 0, err
+	}
+	home.from = fromHome
+	var created struct {
+		Info session `json:"info"`
+	}
+	_ = json.Unmarshal(events[0].Data, &created)
+	s := session{ID: events[0].AggregateID, Directory: created.Info.Directory}
+	replay := make([]replayEvent, len(events))
+	for i, e := range events {
+		replay[i] = replayEvent{ID: e.ID, AggregateID: e.AggregateID, Seq: e.Seq, Type: e.Type, Data: e.Data}
+	}
+	copied := Copied{Positions: map[string]int64{}, home: home}
+	if err := ws.replay(ctx, to, &copied, s, replay); err != nil {
+		return 0, err
+	}
+	return ws.messageCount(ctx, to, s.ID)
+}
+
 // Run copies the session and its descendants from From to To and checks
 // that the target holds every message the source does. It changes nothing
 // on From. The caller has made sure they are idle (WaitIdle) and that

@@ -25,6 +25,7 @@ func init() {
 //	GET  /session_ids/drain?worker=host:port: the drain's progress
 //	POST /session_ids/undrain   {"worker": "host:port"}: place new sessions on it again
 //	GET  /session_ids/workers: each worker, healthy, draining, with its session count
+//	POST /session_ids/rehome    {"worker": "host:port"}: make a lost worker's sessions again elsewhere, from their journals
 //
 // Each takes an optional "namespace" (in the body, or the query for GETs)
 // when several session_ids handlers are configured.
@@ -45,6 +46,7 @@ func (adminAPI) Routes() []caddy.AdminRoute {
 		{Pattern: "/session_ids/drain", Handler: caddy.AdminHandlerFunc(handleDrain)},
 		{Pattern: "/session_ids/undrain", Handler: caddy.AdminHandlerFunc(handleUndrain)},
 		{Pattern: "/session_ids/workers", Handler: caddy.AdminHandlerFunc(handleWorkers)},
+		{Pattern: "/session_ids/rehome", Handler: caddy.AdminHandlerFunc(handleRehome)},
 	}
 }
 
@@ -150,6 +152,29 @@ func handleUndrain(w http.ResponseWriter, r *http.Request) error {
 		return apiError(err)
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"worker": req.Worker, "draining": false})
+	return nil
+}
+
+func handleRehome(w http.ResponseWriter, r *http.Request) error {
+	if r.Method != http.MethodPost {
+		return caddy.APIError{HTTPStatus: http.StatusMethodNotAllowed, Err: errors.New("POST a re-home")}
+	}
+	req, err := decode(r)
+	if err != nil {
+		return err
+	}
+	if req.Worker == "" {
+		return caddy.APIError{HTTPStatus: http.StatusBadRequest, Err: errors.New(`a re-home needs "worker"`)}
+	}
+	rl, err := current(req.Namespace)
+	if err != nil {
+		return apiError(err)
+	}
+	rehomed, err := rl.Rehome(r.Context(), req.Worker)
+	if err != nil {
+		return apiError(err)
+	}
+	writeJSON(w, http.StatusOK, rehomed)
 	return nil
 }
 

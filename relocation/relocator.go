@@ -16,6 +16,7 @@ import (
 	"github.com/sessionid/caddy-sessionid/fleet"
 	"github.com/sessionid/caddy-sessionid/idmap"
 	"github.com/sessionid/caddy-sessionid/internal/moving"
+	"github.com/sessionid/caddy-sessionid/journal"
 	"github.com/sessionid/caddy-sessionid/move"
 )
 
@@ -27,7 +28,9 @@ type Relocator struct {
 	Workers   move.Workers
 	// IdleTimeout bounds the wait for a session to be idle before a move.
 	IdleTimeout time.Duration
-	Logger      *zap.Logger
+	// Journal, if kept, is what a lost worker's sessions are re-homed from.
+	Journal *journal.Store
+	Logger  *zap.Logger
 }
 
 // Moved is the answer to a move.
@@ -521,3 +524,5 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.WriteHeader(status)
 	_ = json.NewEncoder(w).Encode(v)
 }
+
+func (rl *Relocator) moves() *moving.Namespace { return moving.Of(rl.Namespace) }
