@@ -36,6 +36,7 @@ func (h *Handler) startJournal() error {
 		Interval: time.Duration(h.Journal.Interval),
 		Logger:   h.logger.Named("journal"),
 		Own:      h.ownDeletion,
+		Here:     h.recordedHere,
 	}
 	h.relocator.Journal = k.Store
 	ctx, cancel := context.WithCancel(context.Background())
@@ -59,13 +60,19 @@ func (h *Handler) startJournal() error {
 					down[u.Dial] = time.Now()
 				}
 				if after := time.Duration(h.Journal.RehomeAfter); after > 0 && !rehomed[u.Dial] && time.Since(down[u.Dial]) >= after {
-					rehomed[u.Dial] = true
+					// One re-home at a time, in this loop (stopped with the
+					// config): tried again on the next tick while the
+					// worker stays down, until every session is re-homed.
 					h.logger.Warn("a worker failed its health checks for rehome_after: re-homing its sessions from their journals", zap.String("worker", u.Dial), zap.Duration("rehome_after", after))
-					go func(worker string) {
-						if _, err := h.relocator.Rehome(ctx, worker); err != nil {
-							h.logger.Error("could not re-home a lost worker's sessions", zap.String("worker", worker), zap.Error(err))
-						}
-					}(u.Dial)
+					out, err := h.relocator.Rehome(ctx, u.Dial)
+					switch {
+					case err != nil:
+						h.logger.Error("could not re-home a lost worker's sessions", zap.String("worker", u.Dial), zap.Error(err))
+					case len(out.Failed) > 0:
+						h.logger.Error("some sessions of a lost worker could not be re-homed; trying again", zap.String("worker", u.Dial), zap.Any("failed", out.Failed))
+					default:
+						rehomed[u.Dial] = true
+					}
 				}
 			}
 			k.Follow(dials)
@@ -100,6 +107,12 @@ func (h *Handler) ownDeletion(ctx context.Context, realID, worker string) bool {
 	if moved, err := h.index.Store.LoadMoved(ctx, realID); err == nil && time.Since(moved.At) < movedWindow {
 		return false
 	}
+	return h.recordedHere(ctx, realID, worker)
+}
+
+// recordedHere reports whether the index has a session on a worker, or on
+// none: the journal takes only that worker's events of it.
+func (h *Handler) recordedHere(ctx context.Context, realID, worker string) bool {
 	recorded := ""
 	if clientID, mapped, err := h.index.ClientOf(ctx, realID); err == nil && mapped {
 		_, recorded, _, _ = h.index.Route(ctx, clientID)

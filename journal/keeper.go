@@ -34,7 +34,12 @@ type Keeper struct {
 	// session's own: not a move's (relocation deletes the old copy), nor
 	// that of a copy on a worker that does not hold the session. Only
 	// then does its journal go. Nil: every deletion is.
-	Own    func(ctx context.Context, realID, worker string) bool
+	Own func(ctx context.Context, realID, worker string) bool
+	// Here reports whether a worker is where the index has a session (or
+	// the index has no worker for it): only then are the worker's events of
+	// it journaled. A stale copy on a worker that came back after a
+	// re-home is not the session. Nil: every worker is.
+	Here   func(ctx context.Context, realID, worker string) bool
 	Logger *zap.Logger
 
 	mu      sync.Mutex
@@ -52,7 +57,9 @@ type kept struct {
 	// positions are the sessions seen on the worker and the seq of the
 	// last event their journal holds (everything: not journaled any more).
 	positions map[string]int64
+	seeded    bool   // positions read from the journals of the sessions the worker lists
 	home      string // the worker's working directory (GET /path)
+	listening chan struct{}
 }
 
 // everything stands for "every event" in a history request: an aggregate
@@ -77,7 +84,7 @@ func (k *Keeper) Follow(workers []string) {
 			continue
 		}
 		ctx, cancel := context.WithCancel(context.Background())
-		kw := &kept{cancel: cancel, done: make(chan struct{}), kick: make(chan struct{}, 1), positions: map[string]int64{}}
+		kw := &kept{cancel: cancel, done: make(chan struct{}), kick: make(chan struct{}, 1), positions: map[string]int64{}, listening: make(chan struct{})}
 		k.workers[w] = kw
 		go k.run(ctx, w, kw)
 	}
@@ -115,14 +122,20 @@ func (k *Keeper) Pull(ctx context.Context, worker string) error {
 }
 
 func (k *Keeper) run(ctx context.Context, worker string, kw *kept) {
-	defer close(kw.done)
-	go k.listen(ctx, worker, kw)
+	go func() {
+		defer close(kw.listening)
+		k.listen(ctx, worker, kw)
+	}()
+	defer func() { <-kw.listening; close(kw.done) }()
 	interval := k.Interval
 	if interval <= 0 {
 		interval = 30 * time.Second
 	}
 	ticker := time.NewTicker(interval)
 	defer ticker.Stop()
+	// After a turn's pull, one more a little later: opencode writes the
+	// last of a turn (the session's summary) just after it says idle.
+	var trailing <-chan time.Time
 	for {
 		if err := k.pull(ctx, worker, kw); err != nil && ctx.Err() == nil {
 			k.Logger.Debug("could not pull the sessions' histories of a worker", zap.String("worker", worker), zap.Error(err))
@@ -131,6 +144,8 @@ func (k *Keeper) run(ctx context.Context, worker string, kw *kept) {
 		case <-ctx.Done():
 			return
 		case <-ticker.C:
+		case <-trailing:
+			trailing = nil
 		case <-kw.kick:
 			// A turn ended: what else ends with it comes in a few ms.
 			select {
@@ -138,9 +153,13 @@ func (k *Keeper) run(ctx context.Context, worker string, kw *kept) {
 				return
 			case <-time.After(50 * time.Millisecond):
 			}
+			trailing = time.After(trailingPull)
 		}
 	}
 }
+
+// trailingPull is how long after a turn's pull the keeper pulls again.
+const trailingPull = time.Second
 
 // pull asks the worker for every event after the journals' positions (and
 // the whole history of sessions not seen before) and appends them.
@@ -156,6 +175,14 @@ func (k *Keeper) pull(ctx context.Context, worker string, kw *kept) error {
 			return fmt.Errorf("GET /path on %s: %d %v", worker, status, err)
 		}
 		kw.home = path.Directory
+	}
+	if !kw.seeded {
+		// After a start or a reload: ask for what the journals lack, not
+		// for every session's whole history.
+		if err := k.seed(ctx, worker, kw); err != nil {
+			return err
+		}
+		kw.seeded = true
 	}
 	body, _ := json.Marshal(kw.positions)
 	status, raw, err := k.Workers.Do(ctx, worker, http.MethodPost, "/sync/history", nil, body)
@@ -175,15 +202,18 @@ func (k *Keeper) pull(ctx context.Context, worker string, kw *kept) error {
 	}
 	for id, evs := range bySession {
 		sort.Slice(evs, func(i, j int) bool { return evs[i].Seq < evs[j].Seq })
-		_, known := kw.positions[id]
+		if k.Here != nil && !k.Here(ctx, id, worker) {
+			// A copy the index does not send requests to (stale, or a
+			// move's not switched yet): not the session's history.
+			kw.positions[id] = evs[len(evs)-1].Seq
+			continue
+		}
 		switch err := k.Store.Append(ctx, id, evs); {
 		case err == nil:
 			kw.positions[id] = evs[len(evs)-1].Seq
-			if !known {
-				// Seen here for the first time: where it is, for a re-home.
-				if err := k.Store.SetHome(ctx, id, Home{Worker: worker, Directory: kw.home}); err != nil {
-					return err
-				}
+			// Where it is now, for a re-home: it changed here.
+			if err := k.Store.SetHome(ctx, id, Home{Worker: worker, Directory: kw.home}); err != nil {
+				return err
 			}
 		case errors.Is(err, ErrFull):
 			if kw.positions[id] != everything {
@@ -198,6 +228,33 @@ func (k *Keeper) pull(ctx context.Context, worker string, kw *kept) error {
 			delete(kw.positions, id)
 		default:
 			return err
+		}
+	}
+	return nil
+}
+
+// seed sets the positions of the sessions the worker lists to what their
+// journals hold.
+func (k *Keeper) seed(ctx context.Context, worker string, kw *kept) error {
+	status, raw, err := k.Workers.Do(ctx, worker, http.MethodGet, "/session", url.Values{"limit": {"1000000"}}, nil)
+	if err != nil {
+		return err
+	}
+	var listed []struct {
+		ID string `json:"id"`
+	}
+	if status != http.StatusOK || json.Unmarshal(raw, &listed) != nil {
+		return fmt.Errorf("GET /session on %s answered %d", worker, status)
+	}
+	for _, s := range listed {
+		seq, ok, err := k.Store.Position(ctx, s.ID)
+		switch {
+		case errors.Is(err, ErrFull):
+			kw.positions[s.ID] = everything
+		case err != nil:
+			return err
+		case ok:
+			kw.positions[s.ID] = seq
 		}
 	}
 	return nil

@@ -109,7 +109,11 @@ func (s *Store) Position(ctx context.Context, sessionID string) (seq int64, ok b
 	case len(chunks) == 0:
 		return 0, false, nil
 	}
-	return chunks[len(chunks)-1].last, true, nil
+	last := int64(0)
+	for _, c := range chunks {
+		last = max(last, c.last)
+	}
+	return last, true, nil
 }
 
 // Append adds events of one session that follow what its journal holds
@@ -124,8 +128,8 @@ func (s *Store) Append(ctx context.Context, sessionID string, events []Event) er
 		return ErrFull
 	}
 	next, used := int64(0), int64(0)
-	if len(chunks) > 0 {
-		next = chunks[len(chunks)-1].last + 1
+	for _, c := range chunks {
+		next = max(next, c.last+1)
 	}
 	for _, c := range chunks {
 		info, err := s.storage.Stat(ctx, c.key)
@@ -179,7 +183,10 @@ func (s *Store) Load(ctx context.Context, sessionID string) ([]Event, error) {
 	var events []Event
 	next := int64(0)
 	for _, c := range chunks {
-		if c.first != next {
+		if c.last < next {
+			continue // within what is loaded: two keepers wrote at once
+		}
+		if c.first > next {
 			return nil, fmt.Errorf("%w: %s lacks events %d to %d", ErrGap, sessionID, next, c.first-1)
 		}
 		raw, err := s.storage.Load(ctx, c.key)
@@ -190,7 +197,11 @@ func (s *Store) Load(ctx context.Context, sessionID string) ([]Event, error) {
 		if err := json.Unmarshal(raw, &part); err != nil {
 			return nil, fmt.Errorf("decode the journal of %s: %w", sessionID, err)
 		}
-		events = append(events, part...)
+		for _, e := range part {
+			if e.Seq >= next { // chunks may overlap
+				events = append(events, e)
+			}
+		}
 		next = c.last + 1
 	}
 	return events, nil

@@ -87,3 +87,31 @@ func TestAJournalPastItsLimitIsFullNotHalf(t *testing.T) {
 		t.Fatalf("a removed journal starts again: %v", err)
 	}
 }
+
+func TestTwoKeepersWritingAtOnceLeaveAWholeJournal(t *testing.T) {
+	ctx := context.Background()
+	storage := &certmagic.FileStorage{Path: t.TempDir()}
+	s := NewStore(storage, "test", 1<<20)
+	if err := s.Append(ctx, "ses_a", events("ses_a", 0, 14)); err != nil {
+		t.Fatal(err)
+	}
+	// Both read the journal up to 14, then each wrote what it pulled.
+	for _, part := range [][2]int64{{15, 29}, {15, 31}} {
+		raw, _ := json.Marshal(events("ses_a", part[0], part[1]))
+		if err := storage.Store(ctx, fmt.Sprintf("session_ids/test/journal/ses_a/%d-%d", part[0], part[1]), raw); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, err := s.Load(ctx, "ses_a")
+	if err != nil || len(got) != 32 {
+		t.Fatalf("loaded %d events (%v), want 32", len(got), err)
+	}
+	for i, e := range got {
+		if e.Seq != int64(i) {
+			t.Fatalf("event %d has seq %d", i, e.Seq)
+		}
+	}
+	if seq, _, _ := s.Position(ctx, "ses_a"); seq != 31 {
+		t.Fatalf("position %d, want 31", seq)
+	}
+}

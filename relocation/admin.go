@@ -170,7 +170,7 @@ func handleRehome(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return apiError(err)
 	}
-	rehomed, err := rl.Rehome(r.Context(), req.Worker)
+	rehomed, err := rl.Rehome(context.WithoutCancel(r.Context()), req.Worker) // not stopped by its caller leaving
 	if err != nil {
 		return apiError(err)
 	}

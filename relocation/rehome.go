@@ -15,6 +15,7 @@ import (
 
 	"github.com/sessionid/caddy-sessionid/idmap"
 	"github.com/sessionid/caddy-sessionid/journal"
+	"github.com/sessionid/caddy-sessionid/move"
 )
 
 // Rehomed is the answer to a re-home of a lost worker's sessions.
@@ -38,12 +39,20 @@ type RehomedSession struct {
 // them. A session whose journal is full, or that the index records on
 // another worker (moved off meanwhile), is not touched. One Caddy of those
 // sharing the storage re-homes a worker at a time.
+//
+// A worker that passes its health checks is refused: its sessions are
+// newer than their journals (move or drain it instead).
 func (rl *Relocator) Rehome(ctx context.Context, worker string) (Rehomed, error) {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), moveDeadline)
+	ctx, cancel := context.WithTimeout(ctx, moveDeadline)
 	defer cancel()
 	out := Rehomed{Worker: worker, Failed: map[string]string{}}
 	if rl.Journal == nil {
 		return out, Error{http.StatusConflict, "no journal is kept (journal on): nothing to re-home from", nil}
+	}
+	if u, ok := rl.Fleet.Member(worker); !ok {
+		return out, Error{http.StatusBadRequest, fmt.Sprintf("%s is not one of reverse_proxy's upstreams", worker), nil}
+	} else if u.Healthy() {
+		return out, Error{http.StatusConflict, fmt.Sprintf("%s passes its health checks: its sessions are newer than their journals; move or drain it instead", worker), nil}
 	}
 	sum := sha256.Sum256([]byte(worker))
 	unlock, err := rl.Index.Lock(ctx, "rehome/"+hex.EncodeToString(sum[:]))
@@ -65,8 +74,8 @@ func (rl *Relocator) Rehome(ctx context.Context, worker string) (Rehomed, error)
 		if err != nil || home.Worker != worker {
 			continue
 		}
-		if recorded := rl.recordedWorker(ctx, id); recorded != "" && recorded != worker {
-			continue // moved or re-homed already
+		if rl.freshWorker(ctx, id) != worker {
+			continue // moved or re-homed already, or deleted
 		}
 		events, err := rl.Journal.Load(ctx, id)
 		if err != nil {
@@ -137,22 +146,44 @@ func (rl *Relocator) rehomeOne(ctx context.Context, realID, from, to, home strin
 		return 0, err
 	}
 	defer unlock()
-	if recorded := rl.recordedWorker(ctx, realID); recorded != "" && recorded != from {
-		return 0, fmt.Errorf("it was moved to %s meanwhile", recorded)
+	if recorded := rl.freshWorker(ctx, realID); recorded != from {
+		return 0, fmt.Errorf("it is recorded on %q now, not %s", recorded, from)
+	}
+	if status, _, err := rl.Workers.Do(ctx, to, http.MethodGet, "/session/"+url.PathEscape(realID), nil, nil); err == nil && status == http.StatusOK {
+		return 0, fmt.Errorf("%s has a copy of it already", to)
 	}
 	messages, err := rl.Workers.Restore(ctx, to, home, events)
 	if err != nil {
+		rl.deleteCopies(ctx, to, from, []string{realID}, true)
 		return 0, err
 	}
 	// Its copy on the lost worker, if that comes back, is stale: deleted
-	// then without a word to clients (rehome.go's sweep).
-	if err := rl.Index.Store.SaveRehomed(ctx, idmap.Moved{RealID: realID, From: from, To: to, At: time.Now().UTC()}); err != nil {
-		return 0, err
+	// then without a word to clients (SweepRehomed).
+	record := idmap.Moved{RealID: realID, From: from, To: to, At: time.Now().UTC()}
+	err = rl.Index.Store.SaveRehomed(ctx, record)
+	if err == nil {
+		err = rl.switchWorker(ctx, realID, to, func(context.Context) error { return nil })
 	}
-	if err := rl.switchWorker(ctx, realID, to, func(context.Context) error { return nil }); err != nil {
+	if err != nil {
+		// Nothing switched: the copy made on to is no one's.
+		_ = rl.Index.Store.RemoveRehomed(ctx, realID)
+		rl.deleteCopies(ctx, to, from, []string{realID}, true)
 		return 0, err
 	}
 	return messages, nil
+}
+
+// freshWorker is the worker the storage records for an upstream session,
+// read past the cache (another Caddy may have re-homed or moved it): the
+// mapping's, else the worker record's; "" when none is.
+func (rl *Relocator) freshWorker(ctx context.Context, realID string) string {
+	clientID, mapped, err := rl.Index.ClientOf(ctx, realID)
+	if err == nil && mapped {
+		rl.Index.Refresh([]string{clientID}, []string{realID})
+	} else {
+		rl.Index.Refresh(nil, []string{realID})
+	}
+	return rl.recordedWorker(ctx, realID)
 }
 
 // recordedWorker is the worker the index records for an upstream session
@@ -201,15 +232,29 @@ func (rl *Relocator) SweepRehomed(ctx context.Context) {
 			_ = rl.Index.Store.RemoveRehomed(ctx, r.RealID) // moved back since
 			continue
 		}
-		status, _, err := rl.Workers.Do(ctx, r.From, http.MethodGet, "/session/"+url.PathEscape(r.RealID), nil, nil)
-		if err != nil {
+		tree, err := rl.Workers.Tree(ctx, r.From, r.RealID)
+		var status move.StatusError
+		notFound := errors.As(err, &status) && status.Status == http.StatusNotFound
+		if err != nil && !notFound {
 			continue
 		}
-		if status == http.StatusOK {
-			rl.deleteCopies(ctx, r.From, r.To, []string{r.RealID}, true)
+		if err == nil {
+			// Deleting a session deletes its children: only when every one
+			// of them is a stale copy too.
+			stale := true
+			for _, id := range tree[1:] {
+				if rl.recordedWorker(ctx, id) == r.From {
+					stale = false
+				}
+			}
+			if !stale {
+				rl.Logger.Warn("a re-homed session's stale copy has a child that lives there; it is kept", zap.String("real_id", r.RealID), zap.String("worker", r.From))
+				continue
+			}
+			rl.deleteCopies(ctx, r.From, r.To, tree, true)
 			rl.Logger.Info("deleted the stale copy of a re-homed session on the worker that came back", zap.String("real_id", r.RealID), zap.String("worker", r.From))
 		}
-		if status == http.StatusOK || status == http.StatusNotFound {
+		{
 			if err := rl.Index.Store.RemoveRehomed(ctx, r.RealID); err != nil && !errors.Is(err, idmap.ErrNotFound) {
 				rl.Logger.Warn("could not forget a re-homed session", zap.Error(err))
 			}
