@@ -208,3 +208,41 @@ func TestTheMergedStreamGreetsOnceAndCarriesEveryWorkersEvents(t *testing.T) {
 		t.Fatalf("merged stream:\n%s", body)
 	}
 }
+
+func TestASessionTwoWorkersListIsListedOnceFromItsRecordedWorker(t *testing.T) {
+	dials := []string{"w1:1", "w2:2"}
+	h := fleetHandler(t, dials...)
+	stale := func(updated int) func(w http.ResponseWriter, r *http.Request) {
+		return func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Type", "application/json")
+			_ = json.NewEncoder(w).Encode([]map[string]any{
+				{"id": "ses_both", "title": fmt.Sprintf("on %d", updated), "time": map[string]any{"updated": updated}},
+				{"id": fmt.Sprintf("ses_only%d", updated), "time": map[string]any{"updated": updated}},
+			})
+		}
+	}
+	// w1 came back with an older copy; the session lives on w2.
+	next := upstreamtest.ByWorker(map[string]func(http.ResponseWriter, *http.Request){"w1:1": stale(5), "w2:2": stale(9)}, dials...)
+	if err := h.index.SaveWorker(context.Background(), "ses_both", "w2:2"); err != nil {
+		t.Fatal(err)
+	}
+	w := serveFleet(h, next, "GET", "/session")
+	var list []struct{ ID, Title string }
+	if err := json.Unmarshal(w.Body.Bytes(), &list); err != nil {
+		t.Fatalf("%d %s", w.Code, w.Body)
+	}
+	var got []string
+	for _, s := range list {
+		got = append(got, s.ID+"="+s.Title)
+	}
+	if strings.Join(got, " ") != "ses_only9= ses_both=on 9 ses_only5=" {
+		t.Fatalf("merged list %v", got)
+	}
+	// Recorded on w1 (moved back), the copy of w1 is the one listed.
+	if err := h.index.SaveWorker(context.Background(), "ses_both", "w1:1"); err != nil {
+		t.Fatal(err)
+	}
+	if body := serveFleet(h, next, "GET", "/session").Body.String(); strings.Count(body, `"ses_both"`) != 1 || !strings.Contains(body, `"on 5"`) {
+		t.Fatalf("merged list %s", body)
+	}
+}

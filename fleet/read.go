@@ -18,7 +18,10 @@ import (
 // reads are the routes that name no session but read every session: with
 // several workers each is answered from all of them, as if one opencode held
 // every session. Each merges the bodies of the workers that answered 2xx.
-var reads = map[string]func(w http.ResponseWriter, r *http.Request, bodies [][]byte) ([]byte, bool){
+// A merge takes each worker's answer body, with the worker that gave it.
+type merge func(f *Fleet, w http.ResponseWriter, r *http.Request, bodies [][]byte, workers []string) ([]byte, bool)
+
+var reads = map[string]merge{
 	"/session":        mergeSessionLists,
 	"/session/status": mergeStatus,
 	"/permission":     concatLists,
@@ -41,6 +44,7 @@ const MissingWorkersHeader = "Session-Ids-Missing-Workers"
 // is partial, never silently.
 func (f *Fleet) Read(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) (*upstream.Answer, bool) {
 	var bodies [][]byte
+	var answered []string
 	var header http.Header
 	var missing []string
 	for _, a := range upstream.AskEach(r, next, f.Workers(), http.MethodGet, r.URL.Path, r.URL.RawQuery) {
@@ -51,6 +55,7 @@ func (f *Fleet) Read(w http.ResponseWriter, r *http.Request, next caddyhttp.Hand
 			return a.Answer, true
 		default:
 			bodies = append(bodies, a.Answer.Body.Bytes())
+			answered = append(answered, a.Worker)
 			header = a.Answer.Header()
 		}
 	}
@@ -62,7 +67,7 @@ func (f *Fleet) Read(w http.ResponseWriter, r *http.Request, next caddyhttp.Hand
 		apierror.Upstream(w, http.StatusServiceUnavailable, "no worker could answer: "+strings.Join(missing, ", "))
 		return nil, false
 	}
-	body, ok := reads[r.URL.Path](w, r, bodies)
+	body, ok := reads[r.URL.Path](f, w, r, bodies, answered)
 	if !ok {
 		return nil, false
 	}
@@ -86,23 +91,60 @@ const defaultListLimit = 100
 // ordered as opencode orders them (most recently updated first) and cut to
 // the request's limit (opencode's default, 100, without one): each worker
 // returns up to the limit, so the merged first `limit` are exact.
-func mergeSessionLists(w http.ResponseWriter, r *http.Request, bodies [][]byte) ([]byte, bool) {
+//
+// A session two workers list (a move's copy not deleted yet, a re-homed
+// session's stale copy on a worker that came back) is listed once: the
+// copy of the worker the index has it on.
+func mergeSessionLists(f *Fleet, w http.ResponseWriter, r *http.Request, bodies [][]byte, workers []string) ([]byte, bool) {
 	type listed struct {
-		order listedForOrder
-		raw   json.RawMessage
+		order  listedForOrder
+		raw    json.RawMessage
+		worker string
 	}
 	var all []listed
-	for _, body := range bodies {
+	seen := map[string]int{} // id → how many workers list it
+	for i, body := range bodies {
 		var items []json.RawMessage
 		if err := json.Unmarshal(body, &items); err != nil {
 			apierror.Upstream(w, http.StatusBadGateway, "a worker's session list is not a JSON array: "+err.Error())
 			return nil, false
 		}
 		for _, raw := range items {
-			item := listed{raw: raw}
+			item := listed{raw: raw, worker: workers[i]}
 			_ = json.Unmarshal(raw, &item.order)
 			all = append(all, item)
+			seen[item.order.ID]++
 		}
+	}
+	if len(seen) < len(all) {
+		// The copy to keep of each session listed more than once: the
+		// recorded worker's if it lists it, else the first.
+		keep := map[string]string{}
+		for _, item := range all {
+			id := item.order.ID
+			if seen[id] < 2 {
+				continue
+			}
+			if _, chosen := keep[id]; !chosen {
+				keep[id] = item.worker
+			}
+			if f.recordedWorker(r, id) == item.worker {
+				keep[id] = item.worker
+			}
+		}
+		kept := all[:0]
+		done := map[string]bool{}
+		for _, item := range all {
+			id := item.order.ID
+			if worker, duplicated := keep[id]; duplicated {
+				if worker != item.worker || done[id] {
+					continue
+				}
+				done[id] = true
+			}
+			kept = append(kept, item)
+		}
+		all = kept
 	}
 	sort.SliceStable(all, func(i, j int) bool {
 		a, b := all[i].order, all[j].order
@@ -128,7 +170,7 @@ func mergeSessionLists(w http.ResponseWriter, r *http.Request, bodies [][]byte) 
 
 // mergeStatus answers GET /session/status with the union of every worker's
 // map of session id to status.
-func mergeStatus(w http.ResponseWriter, _ *http.Request, bodies [][]byte) ([]byte, bool) {
+func mergeStatus(_ *Fleet, w http.ResponseWriter, _ *http.Request, bodies [][]byte, _ []string) ([]byte, bool) {
 	merged := map[string]json.RawMessage{}
 	for _, body := range bodies {
 		var part map[string]json.RawMessage
@@ -146,7 +188,7 @@ func mergeStatus(w http.ResponseWriter, _ *http.Request, bodies [][]byte) ([]byt
 
 // concatLists answers the pending permission and question requests of
 // every worker as one list, worker by worker.
-func concatLists(w http.ResponseWriter, _ *http.Request, bodies [][]byte) ([]byte, bool) {
+func concatLists(_ *Fleet, w http.ResponseWriter, _ *http.Request, bodies [][]byte, _ []string) ([]byte, bool) {
 	var merged bytes.Buffer
 	merged.WriteByte('[')
 	n := 0
@@ -166,4 +208,16 @@ func concatLists(w http.ResponseWriter, _ *http.Request, bodies [][]byte) ([]byt
 	}
 	merged.WriteByte(']')
 	return merged.Bytes(), true
+}
+
+// recordedWorker is the worker the index has a session on ("" when none).
+func (f *Fleet) recordedWorker(r *http.Request, realID string) string {
+	ctx := r.Context()
+	if clientID, mapped, err := f.index.ClientOf(ctx, realID); err == nil && mapped {
+		if _, worker, _, _ := f.index.Route(ctx, clientID); worker != "" {
+			return worker
+		}
+	}
+	worker, _, _ := f.index.WorkerOf(ctx, realID)
+	return worker
 }
