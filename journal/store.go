@@ -258,6 +258,25 @@ func (s *Store) Sessions(ctx context.Context) ([]string, error) {
 	return ids, nil
 }
 
+// Unrehomable lists the sessions last seen on a worker whose journal is
+// full: if the worker is lost, they cannot be made again.
+func (s *Store) Unrehomable(ctx context.Context, worker string) ([]string, error) {
+	ids, err := s.Sessions(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, id := range ids {
+		if home, err := s.HomeOf(ctx, id); err != nil || home.Worker != worker {
+			continue
+		}
+		if _, full, err := s.chunks(ctx, id); err == nil && full {
+			out = append(out, id)
+		}
+	}
+	return out, nil
+}
+
 // Remove deletes a session's journal, chunk by chunk (not every storage
 // deletes a folder with what is in it).
 func (s *Store) Remove(ctx context.Context, sessionID string) error {

@@ -80,6 +80,18 @@ func TestAJournalPastItsLimitIsFullNotHalf(t *testing.T) {
 	if err := s.Append(ctx, "ses_a", events("ses_a", 6, 6)); !errors.Is(err, ErrFull) {
 		t.Fatalf("a full journal took more: %v", err)
 	}
+	if err := s.SetHome(ctx, "ses_a", Home{Worker: "w1:1"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Append(ctx, "ses_b", events("ses_b", 0, 1)); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SetHome(ctx, "ses_b", Home{Worker: "w1:1"}); err != nil {
+		t.Fatal(err)
+	}
+	if ids, err := s.Unrehomable(ctx, "w1:1"); err != nil || len(ids) != 1 || ids[0] != "ses_a" {
+		t.Fatalf("the sessions of w1 that cannot be re-homed: %v %v", ids, err)
+	}
 	if err := s.Remove(ctx, "ses_a"); err != nil {
 		t.Fatal(err)
 	}

@@ -184,6 +184,9 @@ type worker struct {
 	Healthy  bool   `json:"healthy"`
 	Draining bool   `json:"draining"`
 	Sessions *int   `json:"sessions"` // null when the worker could not be asked
+	// NotRehomable are the sessions on it whose journal passed its limit
+	// (with journal on): if the worker is lost, they are lost with it.
+	NotRehomable []string `json:"not_rehomable,omitempty"`
 }
 
 func handleWorkers(w http.ResponseWriter, r *http.Request) error {
@@ -203,6 +206,14 @@ func handleWorkers(w http.ResponseWriter, r *http.Request) error {
 			if json.Unmarshal(raw, &listed) == nil {
 				n := len(listed)
 				row.Sessions = &n
+			}
+		}
+		if rl.Journal != nil {
+			if ids, err := rl.Journal.Unrehomable(r.Context(), u.Dial); err == nil {
+				for _, id := range ids {
+					clientID, _ := rl.clientIDOf(r.Context(), id)
+					row.NotRehomable = append(row.NotRehomable, clientID)
+				}
 			}
 		}
 		out = append(out, row)
