@@ -113,12 +113,6 @@ func (h *Handler) ownDeletion(ctx context.Context, realID, worker string) bool {
 // recordedHere reports whether the index has a session on a worker, or on
 // none: the journal takes only that worker's events of it.
 func (h *Handler) recordedHere(ctx context.Context, realID, worker string) bool {
-	recorded := ""
-	if clientID, mapped, err := h.index.ClientOf(ctx, realID); err == nil && mapped {
-		_, recorded, _, _ = h.index.Route(ctx, clientID)
-	}
-	if recorded == "" {
-		recorded, _, _ = h.index.WorkerOf(ctx, realID)
-	}
+	recorded := h.index.RecordedWorker(ctx, realID)
 	return recorded == "" || recorded == worker
 }

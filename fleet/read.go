@@ -128,7 +128,7 @@ func mergeSessionLists(f *Fleet, w http.ResponseWriter, r *http.Request, bodies 
 			if _, chosen := keep[id]; !chosen {
 				keep[id] = item.worker
 			}
-			if f.recordedWorker(r, id) == item.worker {
+			if f.index.RecordedWorker(r.Context(), id) == item.worker {
 				keep[id] = item.worker
 			}
 		}
@@ -208,16 +208,4 @@ func concatLists(_ *Fleet, w http.ResponseWriter, _ *http.Request, bodies [][]by
 	}
 	merged.WriteByte(']')
 	return merged.Bytes(), true
-}
-
-// recordedWorker is the worker the index has a session on ("" when none).
-func (f *Fleet) recordedWorker(r *http.Request, realID string) string {
-	ctx := r.Context()
-	if clientID, mapped, err := f.index.ClientOf(ctx, realID); err == nil && mapped {
-		if _, worker, _, _ := f.index.Route(ctx, clientID); worker != "" {
-			return worker
-		}
-	}
-	worker, _, _ := f.index.WorkerOf(ctx, realID)
-	return worker
 }

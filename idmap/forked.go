@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io/fs"
 	"path"
 )
 
@@ -48,14 +47,7 @@ func (s *Store) ForksOf(ctx context.Context, parentID string) ([]string, error) 
 	if !storable(parentID) {
 		return nil, nil
 	}
-	var keys []string
-	err := s.timed("list", func() (err error) {
-		keys, err = s.storage.List(ctx, s.key("forks", parentID), false)
-		return err
-	})
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil
-	}
+	keys, err := s.list(ctx, s.key("forks", parentID))
 	if err != nil {
 		return nil, fmt.Errorf("list the forks of %s: %w", parentID, err)
 	}

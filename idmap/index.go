@@ -180,6 +180,19 @@ func (x *Index) WorkerOf(ctx context.Context, realID string) (string, bool, erro
 	return "", false, err
 }
 
+// RecordedWorker returns the worker the index records for an upstream
+// session: its mapping's, else its worker record's; "" when neither names
+// one, or they cannot be read.
+func (x *Index) RecordedWorker(ctx context.Context, realID string) string {
+	if clientID, mapped, err := x.ClientOf(ctx, realID); err == nil && mapped {
+		if _, worker, _, _ := x.Route(ctx, clientID); worker != "" {
+			return worker
+		}
+	}
+	worker, _, _ := x.WorkerOf(ctx, realID)
+	return worker
+}
+
 // SaveWorker records the worker of an upstream session and makes it visible
 // to lookups at once.
 func (x *Index) SaveWorker(ctx context.Context, realID, worker string) error {

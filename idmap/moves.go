@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io/fs"
 	"time"
 )
 
@@ -151,14 +150,7 @@ func (s *Store) RemoveMove(ctx context.Context, realID string) error {
 // Moves returns the move records in the storage: the moves under way, and
 // those of movers that crashed (Stale).
 func (s *Store) Moves(ctx context.Context) ([]Move, error) {
-	var keys []string
-	err := s.timed("list", func() (err error) {
-		keys, err = s.storage.List(ctx, s.prefix+"/moving", false)
-		return err
-	})
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil
-	}
+	keys, err := s.list(ctx, s.prefix+"/moving")
 	if err != nil {
 		return nil, fmt.Errorf("list the moves: %w", err)
 	}
@@ -211,14 +203,7 @@ func (s *Store) RemoveFollower(ctx context.Context, instance string) error {
 // OtherFollowers reports whether a Caddy other than instance has said it
 // follows within the last three FollowerEvery.
 func (s *Store) OtherFollowers(ctx context.Context, instance string) (bool, error) {
-	var keys []string
-	err := s.timed("list", func() (err error) {
-		keys, err = s.storage.List(ctx, s.prefix+"/followers", false)
-		return err
-	})
-	if errors.Is(err, fs.ErrNotExist) {
-		return false, nil
-	}
+	keys, err := s.list(ctx, s.prefix+"/followers")
 	if err != nil {
 		return false, fmt.Errorf("list the followers: %w", err)
 	}
@@ -265,14 +250,7 @@ func (s *Store) SaveRehomed(ctx context.Context, m Moved) error {
 
 // Rehomed lists the re-homes whose stale copies may still be out there.
 func (s *Store) Rehomed(ctx context.Context) ([]Moved, error) {
-	var keys []string
-	err := s.timed("list", func() (err error) {
-		keys, err = s.storage.List(ctx, s.prefix+"/rehomed", false)
-		return err
-	})
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil
-	}
+	keys, err := s.list(ctx, s.prefix+"/rehomed")
 	if err != nil {
 		return nil, err
 	}

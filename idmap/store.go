@@ -321,6 +321,20 @@ func (s *Store) loadJSON(ctx context.Context, key string, v any) error {
 	return nil
 }
 
+// list returns the keys in a folder of the storage: none for a folder that
+// does not exist.
+func (s *Store) list(ctx context.Context, folder string) ([]string, error) {
+	var keys []string
+	err := s.timed("list", func() (err error) {
+		keys, err = s.storage.List(ctx, folder, false)
+		return err
+	})
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	return keys, err
+}
+
 func (s *Store) delete(ctx context.Context, key string) error {
 	err := s.timed("delete", func() error { return s.storage.Delete(ctx, key) })
 	if err == nil || errors.Is(err, fs.ErrNotExist) {

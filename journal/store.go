@@ -109,11 +109,29 @@ func (s *Store) Position(ctx context.Context, sessionID string) (seq int64, ok b
 	case len(chunks) == 0:
 		return 0, false, nil
 	}
-	last := int64(0)
+	return nextSeq(chunks) - 1, true, nil
+}
+
+// nextSeq is the seq that follows the chunks' last event (0: no chunk).
+func nextSeq(chunks []chunk) int64 {
+	next := int64(0)
 	for _, c := range chunks {
-		last = max(last, c.last)
+		next = max(next, c.last+1)
 	}
-	return last, true, nil
+	return next
+}
+
+// bytes is what the chunks take in the storage.
+func (s *Store) bytes(ctx context.Context, chunks []chunk) (int64, error) {
+	var size int64
+	for _, c := range chunks {
+		info, err := s.storage.Stat(ctx, c.key)
+		if err != nil {
+			return 0, err
+		}
+		size += info.Size
+	}
+	return size, nil
 }
 
 // Append adds events of one session that follow what its journal holds
@@ -127,17 +145,7 @@ func (s *Store) Append(ctx context.Context, sessionID string, events []Event) er
 	if full {
 		return ErrFull
 	}
-	next, used := int64(0), int64(0)
-	for _, c := range chunks {
-		next = max(next, c.last+1)
-	}
-	for _, c := range chunks {
-		info, err := s.storage.Stat(ctx, c.key)
-		if err != nil {
-			return fmt.Errorf("size of the journal of %s: %w", sessionID, err)
-		}
-		used += info.Size
-	}
+	next := nextSeq(chunks)
 	var fresh []Event
 	for _, e := range events {
 		if e.AggregateID != sessionID {
@@ -154,6 +162,10 @@ func (s *Store) Append(ctx context.Context, sessionID string, events []Event) er
 	}
 	if len(fresh) == 0 {
 		return nil
+	}
+	used, err := s.bytes(ctx, chunks)
+	if err != nil {
+		return fmt.Errorf("size of the journal of %s: %w", sessionID, err)
 	}
 	raw, err := json.Marshal(fresh)
 	if err != nil {
@@ -303,13 +315,5 @@ func (s *Store) Size(ctx context.Context, sessionID string) (int64, error) {
 	if err != nil {
 		return 0, err
 	}
-	var size int64
-	for _, c := range chunks {
-		info, err := s.storage.Stat(ctx, c.key)
-		if err != nil {
-			return 0, err
-		}
-		size += info.Size
-	}
-	return size, nil
+	return s.bytes(ctx, chunks)
 }

@@ -183,19 +183,7 @@ func (rl *Relocator) freshWorker(ctx context.Context, realID string) string {
 	} else {
 		rl.Index.Refresh(nil, []string{realID})
 	}
-	return rl.recordedWorker(ctx, realID)
-}
-
-// recordedWorker is the worker the index records for an upstream session
-// ("" when none is).
-func (rl *Relocator) recordedWorker(ctx context.Context, realID string) string {
-	if clientID, mapped, err := rl.Index.ClientOf(ctx, realID); err == nil && mapped {
-		if _, worker, _, _ := rl.Index.Route(ctx, clientID); worker != "" {
-			return worker
-		}
-	}
-	worker, _, _ := rl.Index.WorkerOf(ctx, realID)
-	return worker
+	return rl.Index.RecordedWorker(ctx, realID)
 }
 
 // healthyOthers are the workers a lost worker's sessions may go to: the
@@ -228,7 +216,7 @@ func (rl *Relocator) SweepRehomed(ctx context.Context) {
 		if !healthy[r.From] {
 			continue // still lost, or not configured: nothing to sweep yet
 		}
-		if rl.recordedWorker(ctx, r.RealID) == r.From {
+		if rl.Index.RecordedWorker(ctx, r.RealID) == r.From {
 			_ = rl.Index.Store.RemoveRehomed(ctx, r.RealID) // moved back since
 			continue
 		}
@@ -243,7 +231,7 @@ func (rl *Relocator) SweepRehomed(ctx context.Context) {
 			// of them is a stale copy too.
 			stale := true
 			for _, id := range tree[1:] {
-				if rl.recordedWorker(ctx, id) == r.From {
+				if rl.Index.RecordedWorker(ctx, id) == r.From {
 					stale = false
 				}
 			}
