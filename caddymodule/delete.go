@@ -65,6 +65,13 @@ func (h *Handler) serveDelete(w http.ResponseWriter, r *http.Request, next caddy
 			return nil
 		}
 		h.prompts.Forget(ctx, id)
+		if answer.Status == http.StatusNotFound && h.relocator.Journal != nil {
+			// Its worker lost it (goneAware leaves deletes alone): its
+			// journal goes with its mapping.
+			if err := h.relocator.Journal.Remove(ctx, m.RealID); err != nil {
+				h.logger.Warn("could not remove the journal of a deleted session", zap.String("real_id", m.RealID), zap.Error(err))
+			}
+		}
 		if err := h.index.Store.RemoveForked(ctx, m.RealID); err != nil {
 			h.logger.Warn("could not remove the record of a deleted fork", zap.String("real_id", m.RealID), zap.Error(err))
 		}

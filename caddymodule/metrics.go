@@ -9,6 +9,8 @@ import (
 	"github.com/sessionid/caddy-sessionid/fleet"
 	"github.com/sessionid/caddy-sessionid/idempotency"
 	"github.com/sessionid/caddy-sessionid/internal/metrics"
+	"github.com/sessionid/caddy-sessionid/journal"
+	"github.com/sessionid/caddy-sessionid/relocation"
 )
 
 // sessionMetrics are the handler's counters and histograms, labelled by
@@ -44,7 +46,7 @@ var sessionMetrics = struct {
 // registerAllMetrics adds the collectors of the handler and of its
 // subsystems to a config's registry.
 func registerAllMetrics(registry *prometheus.Registry) error {
-	for _, register := range []func(*prometheus.Registry) error{registerMetrics, access.RegisterMetrics, fleet.RegisterMetrics, events.RegisterMetrics, idempotency.RegisterMetrics} {
+	for _, register := range []func(*prometheus.Registry) error{registerMetrics, access.RegisterMetrics, fleet.RegisterMetrics, events.RegisterMetrics, idempotency.RegisterMetrics, journal.RegisterMetrics, relocation.RegisterMetrics} {
 		if err := register(registry); err != nil {
 			return err
 		}

@@ -21,6 +21,9 @@ import (
 //
 //  1. With several upstreams behind reverse_proxy and no lb_policy
 //     session_ids, every request is refused with 500 (fleet.ErrMisrouting).
+//     Every request that goes on reaches reverse_proxy through goneAware: a
+//     session its recorded worker answers 404 for is made again from its
+//     journal and the request sent to it there.
 //  2. Every request gets its route (upstream.Route), through which the
 //     policy reports the pool; the fleet learns from it when the request is
 //     done.
@@ -62,6 +65,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 	rt := upstream.Attach(r, h.observe)
 	defer rt.Leave()
+	next = goneAware{h: h, next: next}
 	if h.moves.AnyDraining() {
 		rt.Avoid = h.avoidWorker
 	}

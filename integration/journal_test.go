@@ -209,3 +209,150 @@ func TestALostWorkersSessionsAreRehomed(t *testing.T) {
 		t.Fatalf("a prompt after the old worker came back went to worker %d (held by %d)", w, n)
 	}
 }
+
+// waitJournaled waits until the journal a Caddy keeps in its file storage
+// holds a session's whole history on a worker.
+func waitJournaled(t *testing.T, c *caddy, w *opencode, realID string) {
+	t.Helper()
+	for deadline := time.Now().Add(20 * time.Second); ; {
+		events, _ := journalOf(t, c, "default", realID)
+		if len(events) > 0 && events[len(events)-1]["seq"].(float64) == lastSeq(t, w, realID) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the journal of %s did not catch up with its history", realID)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// loseData kills a worker, deletes everything it stored, and starts a new
+// process on its address: healthy, and without a session.
+func loseData(t *testing.T, w *opencode) {
+	t.Helper()
+	w.kill()
+	for _, kv := range w.Env {
+		if dir, ok := strings.CutPrefix(kv, "XDG_DATA_HOME="); ok {
+			if err := os.RemoveAll(dir); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.MkdirAll(dir, 0o755); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	w.start()
+	w.waitHealthy(t)
+	if n := len(sessionsOn(t, w)); n != 0 {
+		t.Fatalf("the worker has %d sessions after its data was deleted", n)
+	}
+}
+
+// TestAWorkerThatLostItsDataHasItsSessionsMadeAgain: a worker replaced by
+// a new process on its address, its data gone, answers 404 for the
+// sessions recorded on it. With the journal, the first request for one
+// brings it back on the other worker with every completed turn (and the
+// worker's other sessions follow); without, the 404 says why, and
+// create_missing makes no empty session in its place.
+func TestAWorkerThatLostItsDataHasItsSessionsMadeAgain(t *testing.T) {
+	run := strings.ReplaceAll(time.Now().Format("150405.000000"), ".", "")
+	prompt := func(t *testing.T, base, sid, text string) {
+		t.Helper()
+		if r := call(t, "POST", base+"/session/"+sid+"/message", map[string]any{"parts": []any{map[string]any{"type": "text", "text": text}}}, ""); r.Status != 200 {
+			t.Fatalf("prompt %q: %d %.300s", text, r.Status, r.Body)
+		}
+	}
+	create := func(t *testing.T, base, sid string, extra map[string]any) {
+		t.Helper()
+		body := map[string]any{"id": sid}
+		for k, v := range extra {
+			body[k] = v
+		}
+		if r := call(t, "POST", base+"/session", body, ""); r.Status != 200 {
+			t.Fatalf("create %s: %d %s", sid, r.Status, r.Body)
+		}
+	}
+
+	t.Run("with the journal, the session and its worker's others come back with every turn", func(t *testing.T) {
+		f := startFleet(t, 2, "PLACEMENT=first", "JOURNAL=on")
+		sid, child, other := "ses_lostdata_"+run, "ses_lostdata_"+run+"_child", "ses_lostdata_"+run+"_other"
+		create(t, f.front.URL, sid, map[string]any{"title": "lost data"})
+		create(t, f.front.URL, child, map[string]any{"parentID": sid})
+		create(t, f.front.URL, other, nil)
+		prompt(t, f.front.URL, sid, "first words")
+		prompt(t, f.front.URL, sid, "second words")
+		prompt(t, f.front.URL, other, "other words")
+		for _, id := range []string{sid, child, other} {
+			waitJournaled(t, f.front, f.workers[0], realIDOn(t, f.workers[0], id))
+		}
+
+		loseData(t, f.workers[0])
+		messages := call(t, "GET", f.front.URL+"/session/"+sid+"/message", nil, "")
+		if messages.Status != 200 {
+			t.Fatalf("the first request after the worker lost its data: %d %s", messages.Status, messages.Body)
+		}
+		if strings.Count(string(messages.Body), `"role":"user"`) != 2 || !strings.Contains(string(messages.Body), `"sessionID":"`+sid+`"`) {
+			t.Fatalf("the session made again lacks its turns: %.400s", messages.Body)
+		}
+		if w, n := f.holder(t, sid); w != 1 || n != 1 {
+			t.Fatalf("the session is on worker %d (held by %d); want the other worker only", w, n)
+		}
+		// The worker's other sessions follow without being asked for, a
+		// child where its parent went.
+		for deadline := time.Now().Add(30 * time.Second); ; {
+			_, c := f.holder(t, child)
+			_, o := f.holder(t, other)
+			if c == 1 && o == 1 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("the worker's other sessions did not come back: child on %d worker(s), other on %d", c, o)
+			}
+			time.Sleep(250 * time.Millisecond)
+		}
+		var children []session
+		call(t, "GET", f.front.URL+"/session/"+sid+"/children", nil, "").json(t, &children)
+		if len(children) != 1 || children[0].ID != child {
+			t.Fatalf("the children of the session made again: %+v", children)
+		}
+		if r := call(t, "GET", f.front.URL+"/session/"+other+"/message", nil, ""); r.Status != 200 || !strings.Contains(string(r.Body), "other words") {
+			t.Fatalf("the worker's other session: %d %.300s", r.Status, r.Body)
+		}
+		prompt(t, f.front.URL, sid, "third words")
+		if body, _ := f.model.lastAgentBody.Load().(string); !strings.Contains(body, "first words") || !strings.Contains(body, "third words") {
+			t.Fatalf("the model call after the session was made again lacks its history: %.600s", body)
+		}
+		// An explicit create of the id is the session, not a new one.
+		if r := call(t, "POST", f.front.URL+"/session", map[string]any{"id": other}, ""); r.Status != 200 || r.Header.Get("Idempotent-Replayed") != "true" {
+			t.Fatalf("create of the id again: %d %v %s", r.Status, r.Header, r.Body)
+		}
+		if metric(t, f.front, `caddy_session_ids_rehomes_total{cause="session_gone",namespace="default",outcome="rehomed"}`) != 3 {
+			t.Fatalf("rehomes_total: want 3 sessions made again")
+		}
+	})
+
+	t.Run("without a journal the 404 says why, and create_missing makes nothing", func(t *testing.T) {
+		f := startFleet(t, 2, "PLACEMENT=first", "CREATE_MISSING=true")
+		sid := "ses_lostnojournal_" + run
+		create(t, f.front.URL, sid, nil)
+		prompt(t, f.front.URL, sid, "words")
+		loseData(t, f.workers[0])
+		for _, path := range []string{"/session/" + sid, "/session/" + sid + "/message"} {
+			r := call(t, "GET", f.front.URL+path, nil, "")
+			var refusal struct {
+				Name string `json:"name"`
+				Data struct {
+					Message   string `json:"message"`
+					SessionID string `json:"sessionID"`
+				} `json:"data"`
+			}
+			r.json(t, &refusal)
+			if r.Status != 404 || refusal.Name != "NotFoundError" || refusal.Data.SessionID != sid || !strings.Contains(refusal.Data.Message, "no journal is kept") {
+				t.Fatalf("GET %s: %d %s", path, r.Status, r.Body)
+			}
+		}
+		if _, n := f.holder(t, sid); n != 0 {
+			t.Fatalf("a session was made in place of the lost one, on %d worker(s)", n)
+		}
+	})
+}

@@ -217,6 +217,7 @@ func (k *Keeper) pull(ctx context.Context, worker string, kw *kept) error {
 			}
 		case errors.Is(err, ErrFull):
 			if kw.positions[id] != everything {
+				full.WithLabelValues(k.Store.namespace).Inc()
 				k.Logger.Warn("a session's journal passed its limit: it cannot be re-homed", zap.String("real_id", id), zap.String("worker", worker), zap.Int64("limit", k.Store.Limit))
 				// Listed as such for its worker (GET /session_ids/workers).
 				if err := k.Store.SetHome(ctx, id, Home{Worker: worker, Directory: kw.home}); err != nil {

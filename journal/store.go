@@ -31,15 +31,16 @@ type Storage interface {
 
 // Store is the journals of one namespace.
 type Store struct {
-	storage Storage
-	prefix  string
+	storage   Storage
+	namespace string
+	prefix    string
 	// Limit is the most bytes one session's journal may hold.
 	Limit int64
 }
 
 // NewStore returns the journals of a namespace, each up to limit bytes.
 func NewStore(storage Storage, namespace string, limit int64) *Store {
-	return &Store{storage: storage, prefix: path.Join(idmap.StorageRoot, namespace, "journal"), Limit: limit}
+	return &Store{storage: storage, namespace: namespace, prefix: path.Join(idmap.StorageRoot, namespace, "journal"), Limit: limit}
 }
 
 var (

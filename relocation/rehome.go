@@ -4,11 +4,9 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
-	"net/url"
 	"time"
 
 	"go.uber.org/zap"
@@ -83,15 +81,10 @@ func (rl *Relocator) Rehome(ctx context.Context, worker string) (Rehomed, error)
 			out.Failed[clientID] = "its journal cannot be replayed: " + err.Error()
 			continue
 		}
-		var created struct {
-			Info struct {
-				ParentID string `json:"parentID"`
-			} `json:"info"`
+		if len(events) == 0 {
+			continue // nothing journaled yet
 		}
-		if len(events) > 0 {
-			_ = json.Unmarshal(events[0].Data, &created)
-		}
-		sessions = append(sessions, lost{realID: id, parent: created.Info.ParentID, home: home.Directory, events: events})
+		sessions = append(sessions, lost{realID: id, parent: parentOf(events), home: home.Directory, events: events})
 	}
 	// Parents first; a child goes where its parent went.
 	placed := map[string]string{}
@@ -121,10 +114,12 @@ func (rl *Relocator) Rehome(ctx context.Context, worker string) (Rehomed, error)
 			clientID, _ := rl.clientIDOf(ctx, s.realID)
 			messages, err := rl.rehomeOne(ctx, s.realID, worker, to, s.home, s.events)
 			if err != nil {
+				rehomes.WithLabelValues(rl.Namespace, "worker_lost", "failed").Inc()
 				out.Failed[clientID] = err.Error()
 				rl.Logger.Error("a lost worker's session could not be re-homed", zap.String("session_id", clientID), zap.String("worker", worker), zap.String("to", to), zap.Error(err))
 				continue
 			}
+			rehomes.WithLabelValues(rl.Namespace, "worker_lost", "rehomed").Inc()
 			placed[s.realID] = to
 			out.Rehomed = append(out.Rehomed, RehomedSession{Session: clientID, To: to, Messages: messages})
 		}
@@ -139,7 +134,9 @@ func (rl *Relocator) Rehome(ctx context.Context, worker string) (Rehomed, error)
 }
 
 // rehomeOne replays one session's journal onto to and switches the index,
-// under the session's move lock.
+// under the session's move lock. Like a move, it is announced in the
+// storage (a moving/ record), so that the other Caddys of a cluster hold
+// their requests for the session meanwhile and follow the switch at once.
 func (rl *Relocator) rehomeOne(ctx context.Context, realID, from, to, home string, events []journal.Event) (int, error) {
 	unlock, err := rl.Index.Lock(ctx, idmap.MoveLockName(realID))
 	if err != nil {
@@ -149,9 +146,14 @@ func (rl *Relocator) rehomeOne(ctx context.Context, realID, from, to, home strin
 	if recorded := rl.freshWorker(ctx, realID); recorded != from {
 		return 0, fmt.Errorf("it is recorded on %q now, not %s", recorded, from)
 	}
-	if status, _, err := rl.Workers.Do(ctx, to, http.MethodGet, "/session/"+url.PathEscape(realID), nil, nil); err == nil && status == http.StatusOK {
+	if there, _ := rl.hasSession(ctx, to, realID); there {
 		return 0, fmt.Errorf("%s has a copy of it already", to)
 	}
+	announced, err := rl.announce(ctx, realID, from, to, []string{realID})
+	if err != nil {
+		return 0, err
+	}
+	defer rl.endRecord(announced)
 	messages, err := rl.Workers.Restore(ctx, to, home, events)
 	if err != nil {
 		rl.deleteCopies(ctx, to, from, []string{realID}, true)
@@ -160,9 +162,11 @@ func (rl *Relocator) rehomeOne(ctx context.Context, realID, from, to, home strin
 	// Its copy on the lost worker, if that comes back, is stale: deleted
 	// then without a word to clients (SweepRehomed).
 	record := idmap.Moved{RealID: realID, From: from, To: to, At: time.Now().UTC()}
-	err = rl.Index.Store.SaveRehomed(ctx, record)
+	if from != to {
+		err = rl.Index.Store.SaveRehomed(ctx, record)
+	}
 	if err == nil {
-		err = rl.switchWorker(ctx, realID, to, func(context.Context) error { return nil })
+		err = rl.switchWorker(ctx, realID, to, announced.fence)
 	}
 	if err != nil {
 		// Nothing switched: the copy made on to is no one's.
@@ -170,6 +174,7 @@ func (rl *Relocator) rehomeOne(ctx context.Context, realID, from, to, home strin
 		rl.deleteCopies(ctx, to, from, []string{realID}, true)
 		return 0, err
 	}
+	announced.switched(ctx)
 	return messages, nil
 }
 

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+	"golang.org/x/sync/singleflight"
 
 	"github.com/sessionid/caddy-sessionid/fleet"
 	"github.com/sessionid/caddy-sessionid/idmap"
@@ -31,6 +32,8 @@ type Relocator struct {
 	// Journal, if kept, is what a lost worker's sessions are re-homed from.
 	Journal *journal.Store
 	Logger  *zap.Logger
+
+	gone singleflight.Group // RehomeGone's, by session and worker
 }
 
 // Moved is the answer to a move.
