@@ -44,7 +44,7 @@ func findBinaries(ctx context.Context, dir string, skip map[string]bool) (*binar
 		b.caddyWas = "built from ./cmd/caddy"
 	}
 	requests := !skip["get"] || !skip["create"] // the wrk measurements
-	if requests && !skip["native"] || !skip["move"] {
+	if requests && !skip["native"] || !skip["move"] || !skip["journal"] {
 		if b.native, err = b.build(ctx, dir, "nativeserver"); err != nil {
 			return nil, err
 		}

@@ -21,6 +21,9 @@ const (
 	// viaEventsOff is mapping mode with resumable event streams off: each
 	// client's stream rewritten as it flows, the module before them.
 	viaEventsOff = "session_ids mapping, events off"
+	// viaJournal is mapping mode with the journal on (docs/fleet.md), new
+	// sessions on the first worker.
+	viaJournal = "session_ids mapping, journal on"
 )
 
 // caddyReady bounds the wait for a Caddy configuration to reach its upstream
@@ -79,6 +82,8 @@ func (m *Main) startCaddy(ctx context.Context, name, via, upstream string) (*cad
 		env = append(env, "MODE=mapping", "EVENTS=off")
 	case viaDirect:
 		env = append(env, "MODE=direct")
+	case viaJournal:
+		env = append(env, "MODE=mapping", "JOURNAL=on", "PLACEMENT=first")
 	default:
 		return nil, fmt.Errorf("unknown configuration %q", via)
 	}

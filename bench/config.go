@@ -24,14 +24,14 @@ type Config struct {
 
 	BenchTime string // go test -benchtime of the rewriter benchmarks
 
-	Skip    map[string]bool // sections left out: opencode, native, get, create, sse, rss, gobench, fleet, move
+	Skip    map[string]bool // sections left out: opencode, native, get, create, sse, rss, gobench, fleet, move, journal
 	Out     string          // also write the report here
 	Keep    bool            // keep the work folder (logs, data)
 	Profile string          // folder for CPU profiles of each proxied wrk measurement
 }
 
 // sections are the parts of a run that -skip can leave out.
-var sections = []string{"opencode", "native", "get", "create", "sse", "rss", "gobench", "fleet", "move"}
+var sections = []string{"opencode", "native", "get", "create", "sse", "rss", "gobench", "fleet", "move", "journal"}
 
 // ParseFlags reads the command line. -quick changes the defaults of the flags
 // that are not given explicitly.

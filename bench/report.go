@@ -173,6 +173,9 @@ func (m *Main) report() string {
 	if len(r.moves) > 0 {
 		reportMoves(&b, &v, r.moves)
 	}
+	if r.journal != nil {
+		reportJournal(&b, &v, r.journal)
+	}
 
 	fmt.Fprintf(&b, "\n**Targets: %d met, %d missed.**", len(v.met), len(v.missed))
 	if len(v.missed) > 0 {

@@ -35,6 +35,7 @@ type results struct {
 	sse        *sseSetup
 	rss        *rssResult
 	moves      []*moveResult
+	journal    *journalResult
 	took       time.Duration
 }
 
@@ -107,6 +108,11 @@ func (m *Main) Run(ctx context.Context) error {
 	}
 	if !m.Skip["move"] {
 		if m.results.moves, err = m.measureMoves(ctx); err != nil {
+			return err
+		}
+	}
+	if !m.Skip["journal"] {
+		if m.results.journal, err = m.measureJournal(ctx); err != nil {
 			return err
 		}
 	}

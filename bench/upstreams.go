@@ -18,6 +18,7 @@ type upstream struct {
 	base   map[string]string       // via -> base URL (viaUpstream is the server itself)
 	caddys map[string]*caddyServer // via -> Caddy, for the proxied ones
 	vias   []string                // in the order measurements alternate
+	proc   *process                // the server's process, when it is one this program started
 }
 
 // withCaddys starts one Caddy per configuration in front of u.
@@ -63,6 +64,8 @@ func shortName(via string) string {
 		return "direct"
 	case viaEventsOff:
 		return "events-off"
+	case viaJournal:
+		return "journal"
 	}
 	return strings.ReplaceAll(via, " ", "-")
 }
@@ -91,7 +94,7 @@ func (m *Main) startNativeNamed(ctx context.Context, name string) (*upstream, er
 	if err := waitHealthy(ctx, "http://"+addr+"/global/health", p, 30*time.Second); err != nil {
 		return nil, err
 	}
-	return &upstream{name: name, addr: addr}, nil
+	return &upstream{name: name, addr: addr, proc: p}, nil
 }
 
 // startOpencode starts a stock `opencode serve`, isolated: its own HOME and

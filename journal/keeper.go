@@ -208,7 +208,11 @@ func (k *Keeper) pull(ctx context.Context, worker string, kw *kept) error {
 			kw.positions[id] = evs[len(evs)-1].Seq
 			continue
 		}
-		switch err := k.Store.Append(ctx, id, evs); {
+		after, seen := kw.positions[id]
+		if !seen {
+			after = -1 // came whole
+		}
+		switch err := k.Store.AppendAfter(ctx, id, after, evs); {
 		case err == nil:
 			kw.positions[id] = evs[len(evs)-1].Seq
 			// Where it is now, for a re-home: it changed here.

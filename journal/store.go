@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"math"
 	"path"
 	"sort"
 	"strconv"
@@ -135,10 +136,25 @@ func (s *Store) bytes(ctx context.Context, chunks []chunk) (int64, error) {
 	return size, nil
 }
 
-// Append adds events of one session that follow what its journal holds
-// (the first journaled must have seq 0). Events it holds already are
-// skipped. A journal that would pass Limit is marked full: ErrFull.
+// Append adds events that follow what a session's journal holds, with no
+// seq left out: events it holds already are skipped (two keepers may pull
+// at once); ErrGap if they do not follow; ErrFull if the journal passed its
+// limit (marked full then). See AppendAfter for a worker's answer.
 func (s *Store) Append(ctx context.Context, sessionID string, events []Event) error {
+	return s.AppendAfter(ctx, sessionID, noGaps, events)
+}
+
+// noGaps: the events must follow one another and the journal.
+const noGaps = math.MinInt64
+
+// AppendAfter adds the events a worker answered when asked for a session's
+// events after seq after (-1: all of them). The answer is all the worker
+// has, so a seq it leaves out is none of its (an upstream that keeps only
+// each thing's last event, as the native server does): if the journal ends
+// at after, the events are stored as the range that follows it, gaps and
+// all. A journal that does not end at after was changed meanwhile (removed,
+// or written by another keeper): ErrGap, unless the events still follow it.
+func (s *Store) AppendAfter(ctx context.Context, sessionID string, after int64, events []Event) error {
 	chunks, full, err := s.chunks(ctx, sessionID)
 	if err != nil {
 		return err
@@ -146,7 +162,8 @@ func (s *Store) Append(ctx context.Context, sessionID string, events []Event) er
 	if full {
 		return ErrFull
 	}
-	next := nextSeq(chunks)
+	from := nextSeq(chunks)
+	next, gaps := from, after == from-1
 	var fresh []Event
 	for _, e := range events {
 		if e.AggregateID != sessionID {
@@ -155,11 +172,11 @@ func (s *Store) Append(ctx context.Context, sessionID string, events []Event) er
 		if e.Seq < next {
 			continue
 		}
-		if e.Seq != next {
+		if e.Seq != next && !gaps {
 			return fmt.Errorf("%w: %s holds up to %d, the next event is %d", ErrGap, sessionID, next-1, e.Seq)
 		}
 		fresh = append(fresh, e)
-		next++
+		next = e.Seq + 1
 	}
 	if len(fresh) == 0 {
 		return nil
@@ -179,7 +196,9 @@ func (s *Store) Append(ctx context.Context, sessionID string, events []Event) er
 		}
 		return ErrFull
 	}
-	key := path.Join(dir, fmt.Sprintf("%d-%d", fresh[0].Seq, fresh[len(fresh)-1].Seq))
+	// Named from what follows the journal: a range with the seqs the
+	// worker left out, so that Load tells a lost chunk from them.
+	key := path.Join(dir, fmt.Sprintf("%d-%d", from, fresh[len(fresh)-1].Seq))
 	return s.storage.Store(ctx, key, raw)
 }
 

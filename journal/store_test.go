@@ -127,3 +127,52 @@ func TestTwoKeepersWritingAtOnceLeaveAWholeJournal(t *testing.T) {
 		t.Fatalf("position %d, want 31", seq)
 	}
 }
+
+// An upstream that keeps only each thing's last event (the native server)
+// answers with seqs left out; what it answers after the journal's end is
+// all it has, and is kept, gaps and all. A chunk lost from the middle is
+// still told.
+func TestAWorkersAnswerWithSeqsLeftOutIsKept(t *testing.T) {
+	ctx := context.Background()
+	storage := &certmagic.FileStorage{Path: t.TempDir()}
+	s := NewStore(storage, "test", 1<<20)
+	sparse := func(seqs ...int64) []Event {
+		var out []Event
+		for _, seq := range seqs {
+			out = append(out, events("ses_a", seq, seq)...)
+		}
+		return out
+	}
+	if err := s.AppendAfter(ctx, "ses_a", -1, sparse(0, 2, 5)); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.AppendAfter(ctx, "ses_a", 5, sparse(8, 9)); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.AppendAfter(ctx, "ses_a", 3, sparse(12)); !errors.Is(err, ErrGap) {
+		t.Fatalf("an answer after a seq the journal does not end at: %v, want ErrGap", err)
+	}
+	if err := s.Append(ctx, "ses_a", sparse(11)); !errors.Is(err, ErrGap) {
+		t.Fatalf("Append with a seq left out: %v, want ErrGap", err)
+	}
+	got, err := s.Load(ctx, "ses_a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var seqs []int64
+	for _, e := range got {
+		seqs = append(seqs, e.Seq)
+	}
+	if fmt.Sprint(seqs) != "[0 2 5 8 9]" {
+		t.Fatalf("loaded %v", seqs)
+	}
+	if seq, ok, err := s.Position(ctx, "ses_a"); seq != 9 || !ok || err != nil {
+		t.Fatalf("position %d %v %v", seq, ok, err)
+	}
+	if err := storage.Delete(ctx, "session_ids/test/journal/ses_a/0-5"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Load(ctx, "ses_a"); !errors.Is(err, ErrGap) {
+		t.Fatalf("a journal that lost its first chunk loads: %v", err)
+	}
+}
