@@ -52,6 +52,11 @@ func (g goneAware) ServeHTTP(w http.ResponseWriter, r *http.Request) error {
 	if !watch.held {
 		return err
 	}
+	if g.h.index.RecordedWorker(r.Context(), realID) != worker {
+		// Through the cache: a worker asked for a session it was never
+		// recorded with (the search for an unknown id) costs nothing more.
+		return watch.release()
+	}
 	to, gerr := g.h.relocator.RehomeGone(r.Context(), realID, worker)
 	var gone relocation.GoneError
 	switch {
